@@ -1,0 +1,38 @@
+"""`python -m advtrain COMMAND [hydra overrides]`: dispatch to one small Hydra entry per command."""
+
+from __future__ import annotations
+
+import sys
+
+USAGE = """usage: python -m advtrain COMMAND [hydra overrides...]
+
+commands:
+  train    adversarial training          python -m advtrain train +exp=cifar10_gkl [key=value ...]
+  eval     clean / PGD / AutoAttack       python -m advtrain eval ckpt=PATH eval=aa_standard n_examples=1000
+  export   RobustBench zoo + leaderboard  python -m advtrain export ckpt=PATH results=PATH/results.json
+  bench    performance benchmarks         python -m advtrain bench [bench=NAME]
+
+Each command takes Hydra overrides (`--cfg job` prints the composed config, `-m` runs a sweep,
+`--help` lists the config groups). Configs live in configs/.
+"""
+
+COMMANDS = ("train", "eval", "export", "bench")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"error: unknown command {command!r}\n", file=sys.stderr)
+        print(USAGE, file=sys.stderr)
+        return 2
+    from advtrain import cli
+
+    return cli.run(command, rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

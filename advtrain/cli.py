@@ -1,0 +1,98 @@
+"""One Hydra entry per command. User mistakes (AdvtrainError) become one line on stderr and exit code 1."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from advtrain.errors import AdvtrainError
+
+CONFIG_DIR = Path(os.environ.get("ADVTRAIN_CONFIG_DIR", Path(__file__).resolve().parents[1] / "configs"))
+log = logging.getLogger("advtrain")
+
+
+def _frac(value: Any) -> float:
+    """`${frac:8/255}` -> 0.0313...: eps and step sizes are written as fractions, never as pixel counts."""
+    try:
+        return float(Fraction(str(value).replace(" ", "")))
+    except (ValueError, ZeroDivisionError):
+        raise AdvtrainError(f"cannot read {value!r} as a fraction (write e.g. 8/255)") from None
+
+
+def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("frac"):
+        OmegaConf.register_new_resolver("frac", _frac)
+
+
+def to_plain(cfg: DictConfig) -> dict[str, Any]:
+    """The fully resolved config as plain Python containers (what checkpoints store)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    container = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(container, dict)
+    if HydraConfig.initialized():
+        container["run_dir"] = HydraConfig.get().runtime.output_dir
+    return container
+
+
+def _guard(fn: Callable[[dict[str, Any]], Any]) -> Callable[[DictConfig], Any]:
+    def task(cfg: DictConfig) -> Any:
+        try:
+            return fn(to_plain(cfg))
+        except AdvtrainError as e:
+            log.error("%s", e)
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(1)
+
+    return task
+
+
+def _train(cfg: dict[str, Any]) -> dict[str, Any]:
+    from advtrain.engine.run import run_training
+
+    result = run_training(cfg)
+    summary = " | ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                         for k, v in result.items() if k.startswith("test_") or k.startswith("val_"))
+    print(f"[advtrain] finished {cfg['name']} in {cfg['run_dir']}: {summary}")
+    return result
+
+
+def _entry(command: str) -> tuple[str, Callable[[dict[str, Any]], Any]]:
+    if command == "train":
+        return "train", _train
+    if command == "eval":
+        from advtrain.eval.cli import run_eval
+
+        return "eval", run_eval
+    if command == "export":
+        from advtrain.export.cli import run_export
+
+        return "export", run_export
+    from advtrain.bench.cli import run_bench
+
+    return "bench", run_bench
+
+
+def run(command: str, overrides: list[str]) -> int:
+    """Run `command` as a Hydra app with `overrides` (sys.argv-style, incl. --cfg/-m/--help)."""
+    import hydra
+
+    register_resolvers()
+    config_name, fn = _entry(command)
+    main = hydra.main(config_path=str(CONFIG_DIR), config_name=config_name, version_base="1.3")(_guard(fn))
+    old_argv = sys.argv
+    sys.argv = [f"advtrain {command}", *overrides]
+    try:
+        main()
+    except SystemExit as e:
+        return int(e.code or 0) if not isinstance(e.code, str) else 1
+    finally:
+        sys.argv = old_argv
+    return 0

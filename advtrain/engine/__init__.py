@@ -1,0 +1,1 @@
+"""The training engine: build objects from config, the adversarial step, the loop, and its callbacks."""

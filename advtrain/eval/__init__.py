@@ -1,0 +1,1 @@
+"""Evaluation: clean and PGD accuracy (evaluate.py), the real AutoAttack (autoattack.py)."""

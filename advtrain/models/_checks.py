@@ -1,0 +1,22 @@
+"""Argument checks shared by the architectures, so bad config values fail with a ConfigError."""
+
+from __future__ import annotations
+
+from advtrain.errors import ConfigError
+
+
+def positive_int(value: object, what: str) -> int:
+    """Return `value` if it is a positive int (bools rejected), else raise a ConfigError."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"model {what} must be a positive integer, got {value!r}")
+    return value
+
+
+def wrn_blocks_per_group(depth: object) -> int:
+    """Blocks per group of a WideResNet of total `depth` (= 6 n + 4 layers), or a ConfigError."""
+    depth = positive_int(depth, "depth")
+    if depth < 10 or (depth - 4) % 6 != 0:
+        raise ConfigError(
+            f"WideResNet depth must be 6n+4 with n >= 1 (10, 16, 22, 28, 34, 40...), got {depth}"
+        )
+    return (depth - 4) // 6

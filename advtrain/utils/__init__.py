@@ -1,0 +1,1 @@
+"""Small shared utilities: seeding, checkpoints, logging, distributed helpers."""

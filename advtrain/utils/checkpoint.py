@@ -1,0 +1,197 @@
+"""Checkpoints: one versioned dict, written atomically, verified by a checksum, loaded without pickled code.
+
+Why this shape:
+- `torch.save` of plain containers of tensors/str/int/float/bool/None loads with `weights_only=True`, so loading a
+  checkpoint never executes code; anything else is refused at save time and at load time.
+- A crash mid-write must never destroy the previous good checkpoint: we write to a temporary file in the same
+  directory, fsync it, then `os.replace` it over the target (atomic on POSIX), and fsync the directory.
+- A truncated or bit-flipped file must be detected, not silently loaded: the dict carries a SHA-256 over its
+  tensors and values (computed in a fixed traversal order), verified on load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import pickle
+import tempfile
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from advtrain.errors import CheckpointError
+
+FORMAT = "advtrain-checkpoint"
+VERSION = 1
+_PREFIXES = ("module.", "_orig_mod.")
+
+
+def strip_prefixes(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """Remove DDP (`module.`) and torch.compile (`_orig_mod.`) prefixes from every key, repeatedly."""
+    out: dict[str, Any] = {}
+    for key, value in state_dict.items():
+        changed = True
+        while changed:
+            changed = False
+            for p in _PREFIXES:
+                if key.startswith(p):
+                    key = key[len(p) :]
+                    changed = True
+        out[key] = value
+    return out
+
+
+def _update_digest(h: Any, obj: Any, path: str = "") -> None:
+    """Feed `obj` into the hash in a deterministic order; refuse types that need pickled code to load."""
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous()
+        h.update(f"{path}:T:{t.dtype}:{tuple(t.shape)}".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(obj, Mapping):
+        h.update(f"{path}:D{len(obj)}".encode())
+        for k in sorted(obj, key=str):
+            _update_digest(h, obj[k], f"{path}/{k}")
+    elif isinstance(obj, list | tuple):
+        h.update(f"{path}:L{len(obj)}".encode())
+        for i, v in enumerate(obj):
+            _update_digest(h, v, f"{path}[{i}]")
+    elif obj is None or isinstance(obj, bool | int | float | str):
+        h.update(f"{path}:{type(obj).__name__}:{obj!r}".encode())
+    else:
+        raise CheckpointError(
+            f"checkpoint value at '{path or '/'}' has type {type(obj).__name__}, which cannot be loaded "
+            "with weights_only=True; store tensors, numbers, strings, lists or dicts only"
+        )
+
+
+def checksum(payload: Mapping[str, Any]) -> str:
+    """SHA-256 of everything in `payload` except the `checksum` key itself."""
+    h = hashlib.sha256()
+    _update_digest(h, {k: v for k, v in payload.items() if k != "checksum"})
+    return h.hexdigest()
+
+
+def save_checkpoint(path: str | os.PathLike[str], payload: Mapping[str, Any]) -> Path:
+    """Write `payload` atomically to `path` with format/version/checksum fields added; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = dict(payload)
+    data["format"] = FORMAT
+    data["version"] = VERSION
+    data["checksum"] = checksum(data)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(data, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    try:
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:  # some filesystems do not allow fsync on directories
+        pass
+    return path
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str], *, map_location: str | torch.device = "cpu", verify: bool = True
+) -> dict[str, Any]:
+    """Load an advtrain checkpoint with `weights_only=True` and verify its checksum.
+
+    Raises CheckpointError (one line) for a missing, truncated, corrupt, foreign or unsafe file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        data = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"refusing to load {path}: it contains pickled Python objects that weights_only=True does not "
+            f"allow ({first[:200]}); only load such a file if you trust it, and re-save it as tensors"
+        ) from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
+        raise CheckpointError(
+            f"checkpoint {path} is truncated or corrupt ({type(e).__name__}: {str(e)[:120]})"
+        ) from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{path} is not an advtrain checkpoint (no format='{FORMAT}' field); for a plain state dict "
+            "use `model=NAME ckpt=PATH` in eval"
+        )
+    if data.get("version", 0) > VERSION:
+        raise CheckpointError(
+            f"{path} has checkpoint version {data['version']}, newer than this advtrain ({VERSION})"
+        )
+    if verify and data.get("checksum") != checksum(data):
+        raise CheckpointError(f"checkpoint {path} failed its checksum: the file is corrupt")
+    return data
+
+
+def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """Load a plain (possibly wrapped) state dict safely: `{'state_dict': sd}`, `{'model': sd}` or `sd`."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(
+            f"refusing to load {path}: it contains pickled Python objects (weights_only=True)"
+        ) from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({type(e).__name__})") from None
+    if isinstance(data, dict) and data.get("format") == FORMAT:
+        return dict(data["model"])
+    for key in ("state_dict", "model", "net", "model_state_dict"):
+        if isinstance(data, dict) and isinstance(data.get(key), dict):
+            data = data[key]
+            break
+    if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
+        raise CheckpointError(f"{path} holds no state dict of tensors")
+    return strip_prefixes(data)
+
+
+def serialized_size(payload: Mapping[str, Any]) -> int:
+    """Bytes `torch.save` would write for `payload` (used by tests and the benchmark)."""
+    buf = io.BytesIO()
+    torch.save(dict(payload), buf)
+    return buf.tell()
+
+
+def find_latest_valid(run_dir: str | os.PathLike[str], pattern: str = "*.pt") -> Path | None:
+    """The newest checkpoint in `run_dir` (by its stored step) that loads and verifies; None if there is none.
+
+    Corrupt or truncated files are skipped (with their error logged) so `resume=auto` falls back to the previous
+    good checkpoint.
+    """
+    import logging
+
+    log = logging.getLogger(__name__)
+    best: tuple[int, float, Path] | None = None
+    for p in Path(run_dir).glob(pattern):
+        if p.name.startswith("."):
+            continue
+        try:
+            data = load_checkpoint(p)
+        except CheckpointError as e:
+            log.warning("skipping %s: %s", p, e)
+            continue
+        key = (int(data.get("step", -1)), p.stat().st_mtime, p)
+        if best is None or key[:2] > best[:2]:
+            best = key
+    return None if best is None else best[2]

@@ -1,0 +1,3 @@
+"""`autoattack.autopgd_base` re-exported from pyautoattack (GitHub import path)."""
+
+from pyautoattack.autopgd_base import *  # noqa: F403

@@ -1,0 +1,3 @@
+"""`autoattack.checks` re-exported from pyautoattack (GitHub import path)."""
+
+from pyautoattack.checks import *  # noqa: F403
