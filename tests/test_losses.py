@@ -36,7 +36,7 @@ def _labels(b: int, c: int, seed: int) -> torch.Tensor:
 
 
 def _grads(value: torch.Tensor, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    return torch.autograd.grad(value, inputs, allow_unused=True)
+    return torch.autograd.grad(value, inputs, allow_unused=True, retain_graph=True)
 
 
 def _direct_kl(adv: torch.Tensor, nat: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,6 @@ Design choices, and why:
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import KW_ONLY, dataclass
@@ -31,6 +30,7 @@ from advtrain.attacks.objectives import Objective, get_objective, needs_natural
 from advtrain.attacks.threat import (
     START_MODES,
     ThreatModel,
+    as_count,
     as_number,
     make_threat,
     memory_format_of,
@@ -62,44 +62,40 @@ def model_mode(model: nn.Module, training: bool) -> Iterator[nn.Module]:
             module.training = flag
 
 
-def _as_count(name: str, value: object) -> int:
-    """A positive integer count (steps, restarts); integral floats from YAML are accepted."""
-    if isinstance(value, bool):
-        raise ConfigError(f"{name}={value!r} must be an integer >= 1")
-    if isinstance(value, numbers.Integral):
-        count = int(value)
-    elif isinstance(value, float) and value.is_integer():
-        count = int(value)
-    else:
-        raise ConfigError(f"{name}={value!r} must be an integer >= 1")
-    if count < 1:
-        raise ConfigError(f"{name}={count} must be >= 1 (to run no attack, do not call one)")
-    return count
-
-
 def check_budget(
-    threat: ThreatModel, step_size: object, steps: object, restarts: object = 1
+    threat: ThreatModel,
+    step_size: object,
+    steps: object,
+    restarts: object = 1,
+    random_start: bool | str | None = False,
 ) -> tuple[float, int, int]:
     """Validated ``(step_size, steps, restarts)`` for ``threat``; :class:`ConfigError` otherwise.
 
-    A step longer than ``eps`` is rejected: the projection throws the excess away, so such a value
-    is almost always a unit mistake (pixels) or a swapped argument. ``step_size == eps`` (FGSM, the
-    2-step phase of the GKL schedule) is allowed.
+    A step longer than ``eps`` from the clean point is rejected: the projection throws the excess
+    away, so such a value is almost always a unit mistake (pixels) or a swapped argument.
+    ``step_size == eps`` (FGSM, the 2-step phase of the GKL schedule) is allowed. After a uniform
+    random start a longer step does change the result, so up to ``2 * eps`` (the ball's diameter)
+    is allowed there: FGSM-RS (Wong et al. 2020) uses ``1.25 * eps``.
     """
     step = as_number("step_size", step_size)
     if step <= 0:
         raise ConfigError(f"step_size={step:g} must be > 0 (e.g. eps/4)")
-    if step > threat.eps * (1.0 + 1e-6):
+    uniform = start_mode(random_start) == "uniform"
+    limit = 2.0 * threat.eps if uniform else threat.eps
+    if step > limit * (1.0 + 1e-6):
         hint = (
             f"; step_size={step:g} looks like a pixel count, write {step:g}/255"
             if step >= 1 and step.is_integer()
             else ""
         )
-        raise ConfigError(
-            f"step_size={step:g} is larger than eps={threat.eps:g}; use at most eps "
-            f"(eps for FGSM, about eps/4 for multi-step PGD){hint}"
+        allowed = (
+            "2 * eps with a uniform random start" if uniform else "eps without a uniform start"
         )
-    return step, _as_count("steps", steps), _as_count("restarts", restarts)
+        raise ConfigError(
+            f"step_size={step:g} is larger than eps={threat.eps:g} allows (at most {allowed}; "
+            f"eps for FGSM, about eps/4 for multi-step PGD){hint}"
+        )
+    return step, as_count("steps", steps), as_count("restarts", restarts)
 
 
 def start_mode(random_start: bool | str | None) -> str:
@@ -146,14 +142,14 @@ def _attack_loop(
         x_adv = threat.init(x, mode, generator)
         for _ in range(steps):
             x_adv.requires_grad_(True)  # a fresh leaf every step: no graph outlives its step
-            with torch.enable_grad():
+            with torch.enable_grad():  # the attack also runs inside no_grad evaluation code
                 values = objective(model(x_adv), y, logits_nat)
-            if values.shape != (batch,):
-                raise ValueError(
-                    f"attack objectives must return per-sample values of shape ({batch},), "
-                    f"got {tuple(values.shape)}"
-                )
-            (grad,) = torch.autograd.grad(values.sum(), x_adv)
+                if values.shape != (batch,):
+                    raise ValueError(
+                        f"attack objectives must return per-sample values of shape ({batch},), "
+                        f"got {tuple(values.shape)}"
+                    )
+                (grad,) = torch.autograd.grad(values.sum(), x_adv)
             with torch.no_grad():
                 x_adv = threat.project(threat.step(x_adv.detach(), grad, step_size), x)
         if restarts == 1:
@@ -199,8 +195,13 @@ def pgd(
     :class:`PGDAttack` for an eval-mode attack). Works for channels-last inputs; the result has the
     memory format of ``x``.
     """
+    if torch.is_inference_mode_enabled():
+        # enable_grad cannot lift inference mode, and autograd's own error does not say why.
+        raise RuntimeError(
+            "pgd needs gradients: call it outside torch.inference_mode() (no_grad is fine)"
+        )
     threat = make_threat(norm, eps)
-    step, num_steps, num_restarts = check_budget(threat, step_size, steps, restarts)
+    step, num_steps, num_restarts = check_budget(threat, step_size, steps, restarts, random_start)
     mode = start_mode(random_start)
     objective_fn = get_objective(objective)
     _check_batch(x, y)
@@ -240,7 +241,10 @@ def fgsm(
     generator: torch.Generator | None = None,
     logits_nat: Tensor | None = None,
 ) -> Tensor:
-    """Fast gradient (sign) method: one :func:`pgd` step of size ``eps``, optional random start."""
+    """Fast gradient (sign) method: one :func:`pgd` step of size ``eps``, optional random start.
+
+    For FGSM-RS (uniform start, step ``1.25 * eps``) call :func:`pgd` with ``steps=1``.
+    """
     return pgd(
         model,
         x,
@@ -286,10 +290,10 @@ class PGDAttack:
         """Raise :class:`ConfigError` if the current settings cannot run; normalise their types."""
         threat = make_threat(self.norm, self.eps)
         self.eps = threat.eps
-        self.step_size, self.steps, self.restarts = check_budget(
-            threat, self.step_size, self.steps, self.restarts
-        )
         start_mode(self.random_start)
+        self.step_size, self.steps, self.restarts = check_budget(
+            threat, self.step_size, self.steps, self.restarts, self.random_start
+        )
         get_objective(self.objective)
         if not isinstance(self.eval_mode, bool):
             raise ConfigError(f"eval_mode={self.eval_mode!r} must be true or false")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from advtrain.attacks.threat import as_number
+from advtrain.attacks.threat import as_count, as_number
 from advtrain.errors import ConfigError
 
 __all__ = [
@@ -49,21 +49,15 @@ def _positive(name: str, value: object) -> float:
 
 
 def _ratio(name: str, value: object) -> float:
-    """A step length as a fraction of eps: in (0, 1], since a step longer than eps is wasted."""
+    """A step length as a fraction of eps_t, in (0, 2].
+
+    Above 1 only makes sense after a uniform random start (FGSM-RS uses 1.25); the attack checks
+    that against its own start mode when it adopts the budget.
+    """
     number = as_number(name, value)
-    if not 0 < number <= 1:
-        raise ConfigError(f"{name}={number:g} must be in (0, 1] (step size as a fraction of eps)")
+    if not 0 < number <= 2:
+        raise ConfigError(f"{name}={number:g} must be in (0, 2] (step size as a fraction of eps)")
     return number
-
-
-def _steps(name: str, value: object) -> int:
-    if isinstance(value, bool) or not (
-        isinstance(value, int) or (isinstance(value, float) and value.is_integer())
-    ):
-        raise ConfigError(f"{name}={value!r} must be an integer >= 1")
-    if int(value) < 1:
-        raise ConfigError(f"{name}={int(value)} must be >= 1")
-    return int(value)
 
 
 class BudgetSchedule:
@@ -79,7 +73,7 @@ class ConstantBudget(BudgetSchedule):
     def __init__(self, eps: float, step_size: float, steps: int) -> None:
         self.eps = _positive("eps", eps)
         self.step_size = _positive("step_size", step_size)
-        self.steps = _steps("steps", steps)
+        self.steps = as_count("steps", steps)
 
     def __call__(self, epoch: int, total_epochs: int) -> AttackBudget:
         _check_epoch(epoch, total_epochs)
@@ -99,7 +93,7 @@ class LinearEpsRamp(BudgetSchedule):
 
     def __init__(self, eps: float, steps: int, step_ratio: float) -> None:
         self.eps = _positive("eps", eps)
-        self.steps = _steps("steps", steps)
+        self.steps = as_count("steps", steps)
         self.step_ratio = _ratio("step_ratio", step_ratio)
 
     def __call__(self, epoch: int, total_epochs: int) -> AttackBudget:
@@ -164,7 +158,7 @@ class PhasedBudget(BudgetSchedule):
             rows.append(
                 (
                     until,
-                    _steps(f"phases[{index}] steps", row[1]),
+                    as_count(f"phases[{index}] steps", row[1]),
                     _ratio(f"phases[{index}] step_ratio", row[2]),
                 )
             )

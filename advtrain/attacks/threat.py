@@ -13,6 +13,7 @@ covers the whole cube and reports 0 % robust accuracy without any hint why.
 from __future__ import annotations
 
 import math
+import numbers
 from abc import ABC, abstractmethod
 from typing import Literal
 
@@ -28,6 +29,7 @@ __all__ = [
     "LinfBall",
     "StartMode",
     "ThreatModel",
+    "as_count",
     "as_number",
     "make_threat",
     "normalize_norm",
@@ -55,18 +57,29 @@ def as_number(name: str, value: object) -> float:
     Config files can hand us strings (``"8/255"``) or booleans; both must fail loudly rather than
     be coerced into a nonsense budget.
     """
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        if isinstance(value, Tensor) and value.numel() == 1 and value.is_floating_point():
-            value = float(value.item())
-        else:
-            raise ConfigError(
-                f"{name}={value!r} must be a number, not {type(value).__name__} "
-                "(e.g. 0.0313725 for 8/255)"
-            )
+    if isinstance(value, Tensor) and value.numel() == 1 and not value.dtype == torch.bool:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ConfigError(
+            f"{name}={value!r} must be a number, not {type(value).__name__} "
+            "(e.g. 0.0313725 for 8/255)"
+        )
     number = float(value)
     if not math.isfinite(number):
         raise ConfigError(f"{name}={number} must be a finite number")
     return number
+
+
+def as_count(name: str, value: object) -> int:
+    """A positive integer count (steps, restarts); integral floats from YAML are accepted."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ConfigError(f"{name}={value!r} must be an integer >= 1")
+    if not float(value).is_integer():
+        raise ConfigError(f"{name}={value!r} must be an integer >= 1")
+    count = int(value)
+    if count < 1:
+        raise ConfigError(f"{name}={count} must be >= 1 (to run no attack, do not call one)")
+    return count
 
 
 def _pixel_hint(name: str, value: float) -> str:

@@ -84,7 +84,7 @@ def run_training(cfg: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError("data.two_view=true (AutoAugment two-view recipe) is not available in this build")
     data = make_datasets(d["name"], d["root"], download=bool(d["download"]), val_size=d["val_size"],
                          train_subset=d["train_subset"])
-    aux = AuxDataset(d["aux_path"]) if d.get("aux_path") else None
+    aux = AuxDataset(d["aux_path"], info=data.info) if d.get("aux_path") else None
     loader = TrainLoader(data.train_images, data.train_labels, batch_size=d["batch_size"],
                          augment=d["augment"], seed=int(cfg["seed"]), aux=aux,
                          aux_fraction=float(d.get("aux_fraction") or 0.0))

@@ -200,7 +200,7 @@ class Trainer:
         terms = ", ".join(f"{k}={float(v):.4g}" for k, v in out.metrics.items())
         msg = (
             f"non-finite loss or gradient at epoch {self.epoch} step {self.step + 1} "
-            f"(loss={float(out.loss):.4g}; {terms}; lr={lr:.4g})"
+            f"(loss={float(out.loss.detach()):.4g}; {terms}; lr={lr:.4g})"
         )
         self._stats.skipped += 1
         if self.settings.nonfinite == "skip" and self._stats.skipped <= self.settings.max_skipped_batches:
@@ -332,7 +332,7 @@ class Trainer:
                             "seconds": self._stats.seconds},
             "rng": {**rng_state(), "attack": self.attack_gen.get_state()},
             "config": self.config,
-            "versions": {"advtrain": advtrain.__version__, "torch": torch.__version__},
+            "versions": {"advtrain": str(advtrain.__version__), "torch": str(torch.__version__)},
         }
 
     def load_state_dict(self, ckpt: dict[str, Any]) -> None:

@@ -268,7 +268,11 @@ class ClassWeightTracker(nn.Module):
             )
         wide = torch.float32 if logits_nat.device.type == "mps" else torch.float64
         probs = F.softmax(logits_nat.detach().to(wide) / self.temperature, dim=1)
-        onehot = F.one_hot(y, self.num_classes)
+        # A non-finite row (a diverging step the trainer will skip) must not poison W for good;
+        # it is dropped without a host sync.
+        finite = torch.isfinite(probs).all(dim=1, keepdim=True)
+        probs = torch.where(finite, probs, torch.zeros_like(probs))
+        onehot = F.one_hot(y, self.num_classes) * finite
         self.accumulator += (onehot.to(wide).T @ probs).to(self.accumulator.dtype)
         self.counts += onehot.sum(dim=0)
 
@@ -415,6 +419,7 @@ class GKLLoss(RobustLoss):
             basic = slice(None)
         else:
             rows = y.shape[0]
+            # One host sync per step buys a clear error for a single-view loader with aug_weight.
             if rows % 2 or not torch.equal(y[: rows // 2], y[rows // 2 :]):
                 raise ConfigError(
                     f"{type(self).__name__}: aug_weight is set, so each batch must be "
@@ -487,7 +492,8 @@ class IKLLoss(GKLLoss):
     """IKL adversarial training (DKLv1): GKL without the power γ and with the wMSE divided by B.
 
     DKLv1's ``--gamma`` was the weight of the autoaug view: it is ``aug_weight`` here. Its
-    class-matrix momentum ``--m`` (default 1.0, i.e. none) is not implemented.
+    class-matrix momentum ``--m`` (default 1.0, i.e. none) is not implemented. ``gamma`` and
+    ``attack_gamma`` are accepted only as 1.0, so a GKL-shaped config also builds an IKL loss.
     """
 
     _normalizer: ClassVar[Normalizer] = "batch"
@@ -502,7 +508,14 @@ class IKLLoss(GKLLoss):
         attack_alpha: float = 1.0,
         attack_beta: float = 0.0,
         aug_weight: float | None = None,
+        gamma: float = 1.0,
+        attack_gamma: float = 1.0,
     ) -> None:
+        if gamma != 1.0 or attack_gamma != 1.0:
+            raise ConfigError(
+                f"IKLLoss has no weight power, got gamma={gamma}, attack_gamma={attack_gamma}; "
+                "set both to 1.0 or use loss=gkl"
+            )
         super().__init__(
             num_classes,
             alpha=alpha,

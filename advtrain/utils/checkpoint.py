@@ -60,7 +60,7 @@ def _update_digest(h: Any, obj: Any, path: str = "") -> None:
         h.update(f"{path}:L{len(obj)}".encode())
         for i, v in enumerate(obj):
             _update_digest(h, v, f"{path}[{i}]")
-    elif obj is None or isinstance(obj, bool | int | float | str):
+    elif obj is None or type(obj) in (bool, int, float, str):  # exact types: subclasses need pickling
         h.update(f"{path}:{type(obj).__name__}:{obj!r}".encode())
     else:
         raise CheckpointError(
@@ -119,7 +119,8 @@ def load_checkpoint(
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        lines = [ln.strip() for ln in str(e).splitlines() if "Unsupported global" in ln]
+        first = lines[0].split(" was not")[0] if lines else type(e).__name__
         raise CheckpointError(
             f"refusing to load {path}: it contains pickled Python objects that weights_only=True does not "
             f"allow ({first[:200]}); only load such a file if you trust it, and re-save it as tensors"

@@ -1,0 +1,150 @@
+"""Every config option composes and instantiates; experiments state the settings they claim."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from advtrain.engine.build import build_attack, build_callbacks, build_loss, build_model
+from advtrain.engine.optim import LRSchedule, build_optimizer
+from advtrain.errors import ConfigError
+from helpers import compose_plain, group_options
+
+SMALL = ["model=small_cnn", "model.width=4"]
+
+
+@pytest.mark.parametrize("option", group_options("model"))
+def test_every_model_option_builds(option: str) -> None:
+    cfg = compose_plain([f"model={option}"])
+    if option.startswith("wrn"):  # full-size WRNs: build on the meta device (no memory, no time)
+        with torch.device("meta"):
+            model = build_model(cfg)
+        assert sum(p.numel() for p in model.parameters()) > 30e6
+    else:
+        model = build_model(cfg)
+        out = model(torch.rand(2, 3, 32, 32))
+        assert out.shape == (2, 10)
+
+
+@pytest.mark.parametrize("option", group_options("loss"))
+def test_every_loss_option_builds(option: str) -> None:
+    cfg = compose_plain([f"loss={option}"])
+    loss = build_loss(cfg)
+    logits_adv = torch.randn(8, 10, requires_grad=True)
+    logits_nat = torch.randn(8, 10, requires_grad=True)
+    y = torch.randint(0, 10, (8,))
+    out = loss(logits_adv, logits_nat, y)
+    assert out.loss.ndim == 0 and torch.isfinite(out.loss)
+    out.loss.backward()
+    assert logits_adv.grad is not None and logits_adv.grad.abs().sum() > 0
+    obj = loss.attack_objective()
+    assert obj(logits_adv.detach(), y, logits_nat.detach()).shape == (8,)
+
+
+@pytest.mark.parametrize("option", group_options("attack"))
+def test_every_attack_option_builds(option: str) -> None:
+    cfg = compose_plain([f"attack={option}"])
+    attack, schedule = build_attack(cfg)
+    budget = schedule(10, 10)
+    assert budget.eps == pytest.approx(cfg["attack"]["eps"])
+    assert budget.steps >= 1 and 0 < budget.step_size <= budget.eps + 1e-12
+    if attack.norm == "Linf":
+        assert attack.eps == pytest.approx(8 / 255)
+
+
+@pytest.mark.parametrize("option", group_options("optim"))
+def test_every_optim_option_builds(option: str) -> None:
+    cfg = compose_plain([f"optim={option}", *SMALL])
+    model = build_model(cfg)
+    o = cfg["optim"]
+    opt = build_optimizer(model.parameters(), name=o["name"], lr=o["lr"], momentum=o["momentum"],
+                          nesterov=o["nesterov"], weight_decay=o["weight_decay"])
+    assert opt.param_groups[0]["lr"] == o["lr"]
+
+
+@pytest.mark.parametrize("option", group_options("trainer"))
+def test_every_trainer_option_builds_callbacks(option: str) -> None:
+    cfg = compose_plain([f"trainer={option}", *SMALL])
+    model = build_model(cfg)
+    _, schedule = build_attack(cfg)
+    cbs = build_callbacks(cfg, model, schedule)
+    assert cbs[0].name == "attack_schedule"
+
+
+@pytest.mark.parametrize("option", group_options("data"))
+def test_every_data_option_composes(option: str) -> None:
+    cfg = compose_plain([f"data={option}"])
+    assert cfg["data"]["name"] == option
+    assert cfg["data"]["val_size"] > 0
+
+
+@pytest.mark.parametrize("option", group_options("logger"))
+def test_every_logger_option_composes(option: str) -> None:
+    cfg = compose_plain([f"logger={option}"])
+    assert cfg["logger"]["name"] == option
+
+
+@pytest.mark.parametrize("exp", group_options("exp"))
+def test_every_experiment_composes_and_instantiates(exp: str) -> None:
+    cfg = compose_plain([f"+exp={exp}"])
+    with torch.device("meta"):
+        model = build_model(cfg)
+    loss = build_loss(cfg)
+    attack, schedule = build_attack(cfg)
+    build_callbacks(cfg, model, schedule)
+    assert cfg["trainer"]["epochs"] >= 1 and loss is not None and attack is not None
+    if cfg["attack"]["norm"] == "Linf":
+        assert cfg["attack"]["eps"] <= 1.0
+
+
+def test_trades_experiment_is_the_paper_setting() -> None:
+    cfg = compose_plain(["+exp=cifar10_trades"])
+    assert cfg["model"]["name"] == "wrn34_10" and cfg["model"]["depth"] == 34
+    assert cfg["model"]["widen_factor"] == 10
+    assert cfg["attack"]["eps"] == pytest.approx(8 / 255)
+    assert cfg["attack"]["step_size"] == pytest.approx(2 / 255)
+    assert cfg["attack"]["steps"] == 10 and cfg["loss"]["beta"] == 6.0
+    assert cfg["optim"]["lr"] == 0.1 and cfg["optim"]["milestones"] == [75, 90]
+    assert cfg["trainer"]["epochs"] == 100
+    sched = LRSchedule(lr=0.1, epochs=100, steps_per_epoch=10, schedule="multistep",
+                       milestones=(75, 90), per_iteration=False)
+    assert sched(75) == pytest.approx(0.1) and sched(76) == pytest.approx(0.01)
+    assert sched(91) == pytest.approx(0.001)
+
+
+def test_official_cosine_schedule_values() -> None:
+    """GKL_SPEC.md §4: lr_t = 0.2 * 0.5 (1 + cos(pi t / (E + 1))) at t = 1, 100, 150, 200."""
+    s = LRSchedule(lr=0.2, epochs=200, steps_per_epoch=5, schedule="cosine_official", per_iteration=False)
+    assert s(1) == pytest.approx(0.19999, abs=1e-5)
+    assert s(100) == pytest.approx(0.1008, abs=1e-4)
+    assert s(150) == pytest.approx(0.0301, abs=1e-4)
+    assert s(200) == pytest.approx(1.2e-5, rel=0.05)
+
+
+def test_cosine_and_warmup() -> None:
+    s = LRSchedule(lr=1.0, epochs=4, steps_per_epoch=10, schedule="cosine", warmup_epochs=1)
+    assert s(1, 0) == pytest.approx(0.1 * math.cos(0) ** 0, rel=1e-6)  # first warm-up step: 1/10 of lr
+    assert s(3, 0) == pytest.approx(0.5)
+    assert s(4, 9) < 0.01
+
+
+def test_eps_resolver_and_pixel_eps_error() -> None:
+    cfg = compose_plain(["attack.eps=${frac:16/255}"])
+    assert cfg["attack"]["eps"] == pytest.approx(16 / 255)
+    cfg = compose_plain(["attack.eps=8"])
+    with pytest.raises(ConfigError, match="8/255"):
+        build_attack(cfg)
+
+
+def test_unknown_keys_are_errors() -> None:
+    cfg = compose_plain(["+loss.betta=3", "loss=trades"])
+    with pytest.raises(ConfigError, match="betta"):
+        build_loss(cfg)
+    cfg = compose_plain(["+attack.stepz=3"])
+    with pytest.raises(ConfigError, match="stepz"):
+        build_attack(cfg)
+    cfg = compose_plain(["+model.depthh=3", *SMALL])
+    with pytest.raises(ConfigError, match="depthh"):
+        build_model(cfg)
