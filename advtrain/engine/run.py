@@ -80,14 +80,19 @@ def run_training(cfg: dict[str, Any]) -> dict[str, Any]:
     from advtrain.data import AuxDataset, TrainLoader, make_datasets
 
     d = cfg["data"]
-    if d.get("two_view"):
-        raise ConfigError("data.two_view=true (AutoAugment two-view recipe) is not available in this build")
+    if d.get("aux_path") == "???":
+        raise ConfigError("this experiment needs auxiliary data: add data.aux_path=/path/to/generated.npz "
+                          "(keys image uint8 NHWC, label)")
     data = make_datasets(d["name"], d["root"], download=bool(d["download"]), val_size=d["val_size"],
                          train_subset=d["train_subset"])
     aux = AuxDataset(d["aux_path"], info=data.info) if d.get("aux_path") else None
     loader = TrainLoader(data.train_images, data.train_labels, batch_size=d["batch_size"],
                          augment=d["augment"], seed=int(cfg["seed"]), aux=aux,
-                         aux_fraction=float(d.get("aux_fraction") or 0.0))
+                         aux_fraction=float(d.get("aux_fraction") or 0.0),
+                         two_view=bool(d.get("two_view")), cutout=int(d.get("cutout") or 0))
+    if bool(d.get("two_view")) != bool(cfg["loss"].get("aug_weight")):
+        raise ConfigError("data.two_view=true needs loss.aug_weight (the AutoAugment view's weight) and "
+                          "loss.aug_weight needs data.two_view=true")
     model = build_model(cfg)
     if data.info.num_classes != _num_outputs(model, data):
         raise DataError("the model's number of outputs does not match the dataset's classes")

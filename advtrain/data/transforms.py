@@ -1,0 +1,69 @@
+"""Batch augmentation on uint8 image tensors.
+
+Standard CIFAR augmentation (zero-pad 4, random 32x32 crop, horizontal flip) done for a whole batch
+with one gather instead of a Python loop over samples: the per-sample cost of torchvision-style
+transforms is what usually makes the data loader the bottleneck of small-model training. All random
+draws come from an explicit ``torch.Generator``, so a batch is reproducible from its seed alone.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["random_crop_flip", "to_float"]
+
+
+def _check_uint8_batch(x: torch.Tensor, what: str) -> None:
+    if not isinstance(x, torch.Tensor) or x.dtype != torch.uint8 or x.dim() != 4:
+        desc = f"{x.dtype} tensor of shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else x
+        raise ValueError(f"{what} expects a uint8 (B, C, H, W) tensor, got {desc}")
+
+
+def random_crop_flip(
+    x: torch.Tensor,
+    *,
+    padding: int = 4,
+    flip: bool = True,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """Zero-pad each image by ``padding``, crop back to (H, W) at a random offset, maybe flip.
+
+    Every sample gets its own offset in ``[0, 2 * padding]`` along each axis and (if ``flip``) a fair
+    coin for a horizontal flip. Random draws, in this order, from ``generator`` (on its own device,
+    then moved to ``x``'s): row offsets (B,), column offsets (B,), flips (B,). Same generator state and
+    input -> same output. ``padding=0, flip=False`` is the identity.
+
+    Implemented as one advanced-indexing gather from the padded batch: a flip is just reversed
+    column indices, so cropping and flipping cost the same single pass.
+    """
+    _check_uint8_batch(x, "random_crop_flip")
+    if padding < 0:
+        raise ValueError(f"padding must be >= 0, got {padding}")
+    b, c, h, w = x.shape
+    gdev = generator.device
+    span = 2 * padding + 1
+    off_y = torch.randint(0, span, (b,), generator=generator, device=gdev).to(x.device)
+    off_x = torch.randint(0, span, (b,), generator=generator, device=gdev).to(x.device)
+    if padding == 0 and not flip:
+        return x.clone()
+    padded = F.pad(x, (padding, padding, padding, padding)) if padding else x
+    rows = off_y[:, None] + torch.arange(h, device=x.device)  # (B, H)
+    cols = torch.arange(w, device=x.device).expand(b, w)  # (B, W)
+    if flip:
+        flips = torch.rand(b, generator=generator, device=gdev).to(x.device) < 0.5
+        cols = torch.where(flips[:, None], cols.flip(1), cols)
+    cols = off_x[:, None] + cols
+    # Flat gather over (H+2p)*(W+2p) positions per image: index (B, 1, H, W) broadcast over channels.
+    wp = w + 2 * padding
+    flat_idx = (rows[:, :, None] * wp + cols[:, None, :]).view(b, 1, h * w).expand(b, c, h * w)
+    out = padded.reshape(b, c, -1).gather(2, flat_idx)
+    return out.view(b, c, h, w)
+
+
+def to_float(x: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels -> float32 in [0, 1] (division by 255, as torchvision's ``ToTensor``)."""
+    if not isinstance(x, torch.Tensor) or x.dtype != torch.uint8:
+        got = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"to_float expects a uint8 tensor, got {got}")
+    return x.to(torch.float32).div_(255.0)
