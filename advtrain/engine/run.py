@@ -19,6 +19,7 @@ from advtrain.engine.build import (
     check_keys,
     resolve_device,
 )
+from advtrain.engine.fastpath import fast_path_defaults
 from advtrain.engine.optim import LRSchedule, build_optimizer
 from advtrain.engine.trainer import EvalSet, Trainer, TrainerSettings, check_resume_compatible
 from advtrain.errors import CheckpointError, ConfigError, DataError
@@ -36,22 +37,6 @@ OPTIM_KEYS = {"name", "lr", "momentum", "nesterov", "weight_decay", "schedule", 
               "warmup_epochs", "per_iteration"}
 DATA_KEYS = {"name", "root", "download", "val_size", "train_subset", "batch_size", "eval_batch_size",
              "augment", "aux_path", "aux_fraction", "two_view", "cutout"}
-
-
-def _fast_path_defaults(t: dict[str, Any], device: torch.device) -> tuple[bool, torch.dtype | None]:
-    """channels_last and bf16 autocast: on by default on CUDA, off on CPU (measured: results/bench)."""
-    cl = t.get("channels_last", "auto")
-    channels_last = device.type == "cuda" if cl == "auto" else bool(cl)
-    ac = t.get("autocast", "auto")
-    if ac == "auto":
-        dtype = torch.bfloat16 if device.type == "cuda" else None
-    elif ac in (False, None, "false", "off"):
-        dtype = None
-    elif ac == "bf16":
-        dtype = torch.bfloat16
-    else:
-        raise ConfigError(f"trainer.autocast={ac!r}: use auto, bf16 or false")
-    return channels_last, dtype
 
 
 def _check_writable(run_dir: Path) -> None:
@@ -75,7 +60,7 @@ def run_training(cfg: dict[str, Any]) -> dict[str, Any]:
     t = cfg["trainer"]
     seed_everything(int(cfg["seed"]), deterministic=bool(t.get("deterministic", False)))
     device = resolve_device(str(cfg.get("device", "auto")))
-    channels_last, autocast_dtype = _fast_path_defaults(t, device)
+    channels_last, autocast_dtype = fast_path_defaults(t, device)
 
     from advtrain.data import AuxDataset, TrainLoader, make_datasets
 

@@ -286,7 +286,7 @@ class Trainer:
                     cb.on_epoch_start(self, self.epoch)
                 self.loss.on_epoch_start(self.epoch)
             record = {"epoch": self.epoch, "step": self.step,
-                      "lr": self.optimizer.param_groups[0]["lr"],
+                      "lr": self.lr_schedule(self.epoch, 0),
                       "eps": float(self.attack.eps), "attack_steps": int(self.attack.steps)}
             record.update(self.train_epoch())
             self.loss.on_epoch_end(self.epoch)

@@ -16,6 +16,10 @@ def ce_objective(logits_adv: Tensor, y: Tensor, logits_nat: Tensor | None = None
     return F.cross_entropy(logits_adv, y, reduction="none")
 
 
+# The attack reads this to skip the natural forward pass (one saved pass per attack).
+ce_objective.needs_natural = False  # type: ignore[attr-defined]
+
+
 class PGDATLoss(RobustLoss):
     """Mean cross-entropy on adversarial logits; the natural forward pass is not needed."""
 
