@@ -56,8 +56,8 @@ class AutoAttack(_PyAutoAttack):
     """`autoattack.AutoAttack` with the GitHub signature, running pyautoattack underneath.
 
     Differences from GitHub that we keep on purpose: `device` defaults to CUDA only when it is available
-    (the GitHub default 'cuda' fails on CPU-only machines), and `is_tf_model=True` is refused (pyautoattack
-    has no TensorFlow path).
+    (the GitHub default 'cuda' fails on CPU-only machines), `log_path` receives the log even with
+    `verbose=False`, and `is_tf_model=True` is refused (pyautoattack has no TensorFlow path).
     """
 
     def __init__(
@@ -82,7 +82,10 @@ class AutoAttack(_PyAutoAttack):
             super().__init__(
                 model, attacks=attacks, device=device, eps=eps, norm=norm, seed=seed, version=version
             )
-        self.verbose = verbose
+        # pyautoattack gates its log lines on `self.verbose`; keep them on whenever they have somewhere to go,
+        # so `log_path` receives the log even with verbose=False (GitHub would write nothing then).
+        self.verbose = verbose or log_path is not None
+        self._print = verbose
         self.log_path = log_path
 
     def run_standard_evaluation(  # type: ignore[override]
@@ -94,20 +97,20 @@ class AutoAttack(_PyAutoAttack):
         state_path: Path | None = None,
     ) -> Any:
         """GitHub call shape: returns `x_adv`, or `(x_adv, y_adv)` when `return_labels`."""
-        with _aa_log_handlers(self.log_path, self.verbose):
+        with _aa_log_handlers(self.log_path, self._print):
             x_adv, y_adv = super().run_standard_evaluation(
                 x_orig, y_orig, batch_size=bs, state_path=state_path
             )
         return (x_adv, y_adv) if return_labels else x_adv
 
     def clean_accuracy(self, x_orig: torch.Tensor, y_orig: torch.Tensor, bs: int = 250) -> float:
-        with _aa_log_handlers(self.log_path, self.verbose):
+        with _aa_log_handlers(self.log_path, self._print):
             return super().clean_accuracy(x_orig, y_orig, bs=bs)
 
     def run_standard_evaluation_individual(  # type: ignore[override]
         self, x_orig: torch.Tensor, y_orig: torch.Tensor, bs: int = 250, return_labels: bool = False
     ) -> Any:
-        with _aa_log_handlers(self.log_path, self.verbose):
+        with _aa_log_handlers(self.log_path, self._print):
             adv = super().run_standard_evaluation_individual(x_orig, y_orig, batch_size=bs)
         if return_labels:
             return adv
