@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from advtrain.utils.distributed import average_gradients
+
 if TYPE_CHECKING:
     from advtrain.engine.trainer import Batch, Trainer
 
@@ -140,12 +142,15 @@ class AWP(Callback):
     the step is rescaled to the weight's norm, diff = ||w|| / (||delta|| + 1e-20) * delta; the model trains on
     w + gamma * diff and the perturbation is removed after the optimiser step. BN parameters are not perturbed.
     The loss is the run's own RobustLoss with `update_state=False`, so GKL's class-weight tracker sees only the
-    real training forward.
+    real training forward. Under DDP the proxy is a plain (unwrapped) copy on every rank; its gradient is averaged
+    over the ranks before the proxy step, so every rank applies the same perturbation, that of the global batch.
     """
 
     name = "awp"
 
-    def __init__(self, model: nn.Module, gamma: float, warmup_epochs: int = 10, lr: float = 0.01) -> None:
+    def __init__(
+        self, model: nn.Module, gamma: float, warmup_epochs: int = 10, lr: float = 0.01
+    ) -> None:
         if gamma <= 0:
             from advtrain.errors import ConfigError
 
@@ -171,6 +176,8 @@ class AWP(Callback):
             out = trainer.loss(logits_adv, logits_nat, batch.y, update_state=False)
         self.proxy_opt.zero_grad(set_to_none=True)
         (-out.loss.float()).backward()
+        # DDP: every rank applies the perturbation of the global batch, as a single process would.
+        average_gradients(self.proxy.parameters())
         self.proxy_opt.step()
         names = set(self._names(model))
         proxy_params = dict(self.proxy.named_parameters())

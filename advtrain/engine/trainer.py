@@ -21,9 +21,11 @@ from torch import nn
 
 from advtrain.engine.callbacks import Callback
 from advtrain.engine.optim import LRSchedule, set_lr
-from advtrain.errors import CheckpointError, NonFiniteLossError
+from advtrain.errors import CheckpointError, ConfigError, NonFiniteLossError
 from advtrain.eval.evaluate import clean_correct, pgd_correct
+from advtrain.utils import distributed as dist_utils
 from advtrain.utils.checkpoint import save_checkpoint, strip_prefixes
+from advtrain.utils.distributed import DistEnv
 from advtrain.utils.logging import MetricsLogger
 from advtrain.utils.seed import rng_state, set_rng_state
 
@@ -83,7 +85,18 @@ class _EpochStats:
 
 
 class Trainer:
-    """Runs adversarial training for `settings.epochs` epochs; resumable from any checkpoint it writes."""
+    """Runs adversarial training for `settings.epochs` epochs; resumable from any checkpoint it writes.
+
+    Models: `model` is the plain module (weights, checkpoints, EMA/AWP, evaluation); the training forward goes
+    through `ddp_model` (DistributedDataParallel) and/or `compiled_model` when given. The attack always runs on the
+    unwrapped (possibly compiled) module: its forwards and input gradients must not trigger DDP's gradient
+    all-reduce, and they need no communication since each rank attacks its own examples.
+
+    Distributed (`dist_env.world_size > 1`): every rank runs this loop on its shard of each global batch; rank 0
+    alone writes checkpoints, metrics and wandb; validation and the final test run on rank 0 while the others wait
+    at a barrier; every collective (non-finite flag, epoch metrics, checkpoint state) is entered by all ranks at
+    the same points, so a rank never waits for a collective the others skip.
+    """
 
     def __init__(
         self,
@@ -107,9 +120,19 @@ class Trainer:
         channels_last: bool = False,
         compiled_model: nn.Module | None = None,
         is_main_process: bool = True,
+        ddp_model: nn.Module | None = None,
+        dist_env: DistEnv | None = None,
     ) -> None:
+        if not any(p.requires_grad for p in model.parameters()):
+            raise ConfigError(
+                "the model has no trainable parameters (all requires_grad=False); unfreeze it before training"
+            )
         self.unwrapped_model = model
-        self.model = compiled_model if compiled_model is not None else model
+        self.attack_model = compiled_model if compiled_model is not None else model
+        if ddp_model is not None:
+            self.model = torch.compile(ddp_model) if compiled_model is not None else ddp_model
+        else:
+            self.model = self.attack_model
         self.loss = loss
         self.attack = attack
         self.optimizer = optimizer
@@ -125,8 +148,14 @@ class Trainer:
         self.logger = logger
         self.autocast_dtype = autocast_dtype
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.is_main = is_main_process
-        self.attack_gen = torch.Generator(device=device).manual_seed(seed + 1)
+        self.dist = dist_env or DistEnv()
+        self.is_main = is_main_process and self.dist.is_main
+        # Each rank draws its own attack noise (different examples); rank 0 of a 1-process run keeps seed + 1.
+        self.attack_gen = torch.Generator(device=device).manual_seed(
+            seed + 1 + 1_000_003 * self.dist.rank
+        )
+        # attack.objective=ce|kl|... (not null) wins over the loss's own attack objective.
+        self._objective_override = (config.get("attack") or {}).get("objective") or None
         self.epoch = 1
         self.step = 0
         self.best: dict[str, Any] = {"val_pgd_acc": -1.0, "epoch": 0}
@@ -152,14 +181,17 @@ class Trainer:
         return x, y.to(self.device, non_blocking=True)
 
     # ----------------------------------------------------------------- one step
-    def train_step(self, x: torch.Tensor, y: torch.Tensor, iteration: int) -> dict[str, float] | None:
+    def train_step(
+        self, x: torch.Tensor, y: torch.Tensor, iteration: int
+    ) -> dict[str, float] | None:
         """One adversarial step; returns its scalar metrics, or None if the batch was skipped (non-finite)."""
         lr = self.lr_schedule(self.epoch, iteration)
         set_lr(self.optimizer, lr)
         batch = Batch(x, y)
+        objective = self._objective_override or self.loss.attack_objective()
         with self.autocast():
             batch.x_adv = self.attack(
-                self.model, x, y, objective=self.loss.attack_objective(), generator=self.attack_gen
+                self.attack_model, x, y, objective=objective, generator=self.attack_gen
             )
         for cb in self.callbacks:
             cb.before_update(self, batch)
@@ -167,23 +199,30 @@ class Trainer:
         with self.autocast():
             logits_adv = self.model(batch.x_adv)
             logits_nat = self.model(x) if self.loss.needs_natural else None
-            out = self.loss(logits_adv.float(), None if logits_nat is None else logits_nat.float(), y)
+            out = self.loss(
+                logits_adv.float(), None if logits_nat is None else logits_nat.float(), y
+            )
         loss = out.loss
         self.optimizer.zero_grad(set_to_none=True)
-        finite = bool(torch.isfinite(loss))
+        # All ranks agree before anyone calls backward: a rank that skipped it would hang the others' all-reduce.
+        finite = dist_utils.all_true(bool(torch.isfinite(loss)), self.device)
         if finite:
             loss.backward()
             if self.settings.grad_clip:
-                gnorm = nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.grad_clip)
+                gnorm = nn.utils.clip_grad_norm_(
+                    self.unwrapped_model.parameters(), self.settings.grad_clip
+                )
             else:
                 gnorm = None
+            # Gradients are all-reduced by now, so every rank sees the same norm.
             if gnorm is not None and not torch.isfinite(gnorm):
                 finite = False
         if not finite:
-            self._handle_nonfinite(out, lr)
+            self.optimizer.zero_grad(set_to_none=True)
             for cb in self.callbacks:  # undo AWP's perturbation even though we do not step
                 if cb.name == "awp":
                     cb.after_update(self, batch)
+            self._handle_nonfinite(out, lr)
             return None
         self.optimizer.step()
         for cb in self.callbacks:
@@ -203,9 +242,14 @@ class Trainer:
             f"(loss={float(out.loss.detach()):.4g}; {terms}; lr={lr:.4g})"
         )
         self._stats.skipped += 1
-        if self.settings.nonfinite == "skip" and self._stats.skipped <= self.settings.max_skipped_batches:
+        if (
+            self.settings.nonfinite == "skip"
+            and self._stats.skipped <= self.settings.max_skipped_batches
+        ):
             log.warning("%s: batch skipped (%d so far this epoch)", msg, self._stats.skipped)
             return
+        if self.settings.nonfinite == "skip":
+            msg += f"; more than trainer.max_skipped_batches={self.settings.max_skipped_batches} skipped this epoch"
         raise NonFiniteLossError(
             msg + "; stopped, the last good checkpoint in "
             f"{self.run_dir / 'checkpoints'} is intact (lower optim.lr or set trainer.grad_clip)"
@@ -219,8 +263,14 @@ class Trainer:
         if self.settings.progress and self.is_main:
             from tqdm import tqdm
 
-            it = tqdm(it, total=total, initial=start, desc=f"epoch {self.epoch}/{self.epochs}",
-                      leave=False, dynamic_ncols=True)
+            it = tqdm(
+                it,
+                total=total,
+                initial=start,
+                desc=f"epoch {self.epoch}/{self.epochs}",
+                leave=False,
+                dynamic_ncols=True,
+            )
         for i, (x, y) in enumerate(it, start=start):
             yield i, x, y
 
@@ -231,21 +281,56 @@ class Trainer:
             metrics = self.train_step(x, y, i)
             if metrics is not None:
                 self._stats.add(metrics, len(y))
+            # Step lines go out before the checkpoint of the same step, so a resumed run keeps exactly the
+            # lines with step <= its checkpoint's step.
+            if (
+                self.settings.log_every_steps
+                and self.logger
+                and metrics is not None
+                and self.step % self.settings.log_every_steps == 0
+            ):
+                self.logger.log({"epoch": self.epoch, "step": self.step, **metrics})
             every = self.settings.checkpoint_every_steps
-            if every and self.step % every == 0 and self.step > 0 and i + 1 < len(self.loader):
+            if (
+                every
+                and self.step % every == 0
+                and self.step > 0
+                and i + 1 < len(self.loader)
+                and metrics
+            ):
                 self._stats.seconds += time.perf_counter() - t0
                 t0 = time.perf_counter()
                 self.save()
-            if self.settings.log_every_steps and self.logger and self.step % self.settings.log_every_steps == 0:
-                self.logger.log({"epoch": self.epoch, "step": self.step, **(metrics or {})})
         self._stats.seconds += time.perf_counter() - t0
-        out = self._stats.means()
+        return self._epoch_summary()
+
+    def _epoch_summary(self) -> dict[str, float]:
+        """This epoch's mean training metrics over all ranks' batches, plus throughput and skipped batches."""
+        s = self._stats
+        keys = sorted(s.sums)
+        # Every rank has the same keys (same loss) and the same number of batches.
+        if self.dist.is_distributed:
+            summed = dist_utils.all_reduce_sum(
+                [*(s.sums[k] for k in keys), s.count, s.examples], self.device
+            )
+            sums, count, examples = dict(zip(keys, summed[: len(keys)])), summed[-2], summed[-1]
+        else:
+            sums, count, examples = s.sums, s.count, s.examples
+        out = {f"train_{k}": sums[k] / max(count, 1) for k in keys}
         out.update(
-            train_seconds=self._stats.seconds,
-            train_images_per_s=self._stats.examples / max(self._stats.seconds, 1e-9),
-            skipped_batches=self._stats.skipped,
+            train_seconds=s.seconds,
+            train_images_per_s=examples / max(s.seconds, 1e-9),
+            skipped_batches=s.skipped,
         )
         return out
+
+    def _main_only(self, fn: Any) -> dict[str, Any]:
+        """Run `fn` on rank 0, hold the other ranks at a barrier, and give every rank rank 0's result."""
+        result = fn() if self.is_main or not self.dist.is_distributed else {}
+        if self.dist.is_distributed:
+            dist_utils.barrier()
+            result = dist_utils.broadcast_object(result if self.dist.is_main else None)
+        return result
 
     def validate(self) -> dict[str, float]:
         if self.val_set is None or self.settings.val_examples <= 0:
@@ -255,9 +340,13 @@ class Trainer:
         model = self.eval_model
         eps = float(self.config["attack"]["eps"])
         clean = clean_correct(model, x, y)
-        robust = pgd_correct(model, x, y, norm=self.attack.norm, eps=eps,
-                             steps=self.settings.val_pgd_steps, seed=0)
-        return {"val_clean_acc": clean.float().mean().item(), "val_pgd_acc": robust.float().mean().item()}
+        robust = pgd_correct(
+            model, x, y, norm=self.attack.norm, eps=eps, steps=self.settings.val_pgd_steps, seed=0
+        )
+        return {
+            "val_clean_acc": clean.float().mean().item(),
+            "val_pgd_acc": robust.float().mean().item(),
+        }
 
     def test(self) -> dict[str, float]:
         if self.test_set is None or self.settings.test_examples <= 0:
@@ -267,36 +356,60 @@ class Trainer:
         model = self.eval_model
         eps = float(self.config["attack"]["eps"])
         clean = clean_correct(model, x, y)
-        robust = pgd_correct(model, x, y, norm=self.attack.norm, eps=eps,
-                             steps=self.settings.test_pgd_steps, seed=0)
+        robust = pgd_correct(
+            model, x, y, norm=self.attack.norm, eps=eps, steps=self.settings.test_pgd_steps, seed=0
+        )
         return {
             "test_examples": n,
             "test_clean_acc": clean.float().mean().item(),
             f"test_pgd{self.settings.test_pgd_steps}_acc": robust.float().mean().item(),
         }
 
+    def _replicated_state(self) -> list[torch.Tensor]:
+        """Tensors that must be bit-identical on every rank: parameters and the loss's state (GKL's W)."""
+        return [*self.unwrapped_model.parameters(), *self.loss.state_dict().values()]
+
     def fit(self) -> dict[str, Any]:
-        """Train to the last epoch (continuing a resumed run), then evaluate on the test subset."""
+        """Train to the last epoch (continuing a resumed run), then evaluate on the test subset.
+
+        The model may come in either mode: every step trains in train mode, validation runs in eval mode, and
+        the model is left in eval mode (ready for evaluation or export) when `fit` returns.
+        """
         record: dict[str, Any] = {}
         while self.epoch <= self.epochs:
-            if self.loader.state_dict()["batch_index"] == 0:  # a fresh epoch (not a mid-epoch resume)
+            # A fresh epoch (not a mid-epoch resume).
+            if self.loader.state_dict()["batch_index"] == 0:
                 self.loader.set_epoch(self.epoch)
                 self._stats = _EpochStats()
                 for cb in self.callbacks:
                     cb.on_epoch_start(self, self.epoch)
                 self.loss.on_epoch_start(self.epoch)
-            record = {"epoch": self.epoch, "step": self.step,
-                      "lr": self.lr_schedule(self.epoch, 0),
-                      "eps": float(self.attack.eps), "attack_steps": int(self.attack.steps)}
+            record = {
+                "epoch": self.epoch,
+                "lr": self.lr_schedule(self.epoch, 0),
+                "eps": float(self.attack.eps),
+                "attack_steps": int(self.attack.steps),
+            }
             record.update(self.train_epoch())
+            # The step the epoch ended at (= the epoch checkpoint's step).
+            record["step"] = self.step
             self.loss.on_epoch_end(self.epoch)
             for cb in self.callbacks:
                 cb.on_epoch_end(self, self.epoch)
+            if self.dist.is_distributed:
+                in_sync = dist_utils.replicas_agree(self._replicated_state())
+                record["replicas_in_sync"] = in_sync
+                if not in_sync:
+                    log.error(
+                        "epoch %d: parameters or loss state differ between ranks (desynchronised job)",
+                        self.epoch,
+                    )
             if self.epoch % self.settings.eval_every == 0 or self.epoch == self.epochs:
-                record.update(self.validate())
+                record.update(self._main_only(self.validate))
             if self.logger:
                 self.logger.log(record)
-            log.info("epoch %d: %s", self.epoch, _fmt(record))
+            if self.is_main:
+                log.info("epoch %d: %s", self.epoch, _fmt(record))
             improved = record.get("val_pgd_acc", -math.inf) > self.best["val_pgd_acc"]
             if improved:
                 self.best = {"val_pgd_acc": record["val_pgd_acc"], "epoch": self.epoch}
@@ -305,18 +418,58 @@ class Trainer:
             path = self.save()
             if improved and path is not None:
                 _link_atomic(path, self.run_dir / "best.pt")
-        final = self.test()
+        final = self._main_only(self.test)
         if final and self.logger:
             self.logger.log({"epoch": self.epochs, "step": self.step, "final": True, **final})
+        self.unwrapped_model.eval()
         return {**record, **final}
 
     # ----------------------------------------------------------------- checkpoints
+    def _rank_state(self) -> dict[str, Any]:
+        """What differs between ranks and is needed to continue each one exactly (all CPU tensors).
+
+        RNG streams, the loss's running state (GKL's partial class sums), the epoch's metric sums, and the
+        buffers (BatchNorm statistics) of the model and of the averaged copies: without SyncBatchNorm each rank's
+        running statistics follow its own examples between DDP's per-forward buffer broadcasts.
+        """
+
+        def cpu(sd: Any) -> dict[str, Any]:
+            return {k: v.detach().cpu() for k, v in sd.items()}
+
+        averaged = {
+            cb.name: cpu(dict(cb.module.named_buffers()))
+            for cb in self.callbacks
+            if getattr(cb, "module", None) is not None
+        }
+        s = self._stats
+        return {
+            "rng": {**rng_state(), "attack": self.attack_gen.get_state()},
+            "loss": cpu(self.loss.state_dict()),
+            "buffers": cpu(dict(self.unwrapped_model.named_buffers())),
+            "averaged_buffers": averaged,
+            "epoch_stats": {
+                "sums": dict(s.sums),
+                "count": s.count,
+                "examples": s.examples,
+                "skipped": s.skipped,
+                "seconds": s.seconds,
+            },
+        }
+
     def state_dict(self) -> dict[str, Any]:
+        """The checkpoint payload. Rank 0's state is the shared one; with several ranks the `per_rank` list holds
+        each rank's own RNG/loss/buffer state (a collective: every rank must call this together)."""
         import advtrain
 
-        ema = next((cb.module.state_dict() for cb in reversed(self.callbacks)
-                    if getattr(cb, "module", None) is not None and getattr(cb, "initialised", False)), None)
-        return {
+        ema = next(
+            (
+                cb.module.state_dict()
+                for cb in reversed(self.callbacks)
+                if getattr(cb, "module", None) is not None and getattr(cb, "initialised", False)
+            ),
+            None,
+        )
+        payload = {
             "model": strip_prefixes(self.unwrapped_model.state_dict()),
             "ema": None if ema is None else strip_prefixes(ema),
             "optimizer": self.optimizer.state_dict(),
@@ -327,13 +480,21 @@ class Trainer:
             "epoch": self.epoch,
             "step": self.step,
             "best": dict(self.best),
-            "epoch_stats": {"sums": dict(self._stats.sums), "count": self._stats.count,
-                            "examples": self._stats.examples, "skipped": self._stats.skipped,
-                            "seconds": self._stats.seconds},
+            "epoch_stats": {
+                "sums": dict(self._stats.sums),
+                "count": self._stats.count,
+                "examples": self._stats.examples,
+                "skipped": self._stats.skipped,
+                "seconds": self._stats.seconds,
+            },
             "rng": {**rng_state(), "attack": self.attack_gen.get_state()},
             "config": self.config,
+            "world_size": self.dist.world_size,
             "versions": {"advtrain": str(advtrain.__version__), "torch": str(torch.__version__)},
         }
+        if self.dist.is_distributed:
+            payload["per_rank"] = dist_utils.all_gather_object(self._rank_state())
+        return payload
 
     def load_state_dict(self, ckpt: dict[str, Any]) -> None:
         from advtrain.models import load_model_state
@@ -348,20 +509,65 @@ class Trainer:
         self.epoch, self.step = int(ckpt["epoch"]), int(ckpt["step"])
         self.best = dict(ckpt["best"])
         s = ckpt["epoch_stats"]
-        self._stats = _EpochStats(dict(s["sums"]), s["count"], s["examples"], s["skipped"], s["seconds"])
+        self._stats = _EpochStats(
+            dict(s["sums"]), s["count"], s["examples"], s["skipped"], s["seconds"]
+        )
         set_rng_state(ckpt["rng"])
-        self.attack_gen.set_state(ckpt["rng"]["attack"])
-        if self.loader.state_dict()["batch_index"] > 0:  # mid-epoch: re-apply this epoch's attack budget
+        self.attack_gen.set_state(ckpt["rng"]["attack"].cpu())
+        per_rank = ckpt.get("per_rank")
+        saved_world = int(ckpt.get("world_size", 1))
+        if saved_world != self.dist.world_size:
+            log.warning(
+                "resuming a %d-process checkpoint with %d processes: training continues, but not "
+                "bit-identically (each rank's data shard and random streams change)",
+                saved_world,
+                self.dist.world_size,
+            )
+            # Rank 0's partial sums would be counted twice when summed over ranks.
+            if self.dist.rank > 0:
+                self._reset_running_loss_state()
+                self._stats = _EpochStats(seconds=self._stats.seconds)
+        elif per_rank is not None:
+            self._load_rank_state(per_rank[self.dist.rank])
+        # Mid-epoch: re-apply this epoch's attack budget.
+        if self.loader.state_dict()["batch_index"] > 0:
             for cb in self.callbacks:
                 if cb.name == "attack_schedule":
                     cb.on_epoch_start(self, self.epoch)
 
+    def _load_rank_state(self, st: dict[str, Any]) -> None:
+        set_rng_state(st["rng"])
+        self.attack_gen.set_state(st["rng"]["attack"].cpu())
+        self.loss.load_state_dict(st["loss"])
+        _copy_buffers(self.unwrapped_model, st["buffers"])
+        for cb in self.callbacks:
+            if getattr(cb, "module", None) is not None and cb.name in st["averaged_buffers"]:
+                _copy_buffers(cb.module, st["averaged_buffers"][cb.name])
+        e = st["epoch_stats"]
+        self._stats = _EpochStats(
+            dict(e["sums"]), e["count"], e["examples"], e["skipped"], e["seconds"]
+        )
+
+    def _reset_running_loss_state(self) -> None:
+        """Zero the loss's per-epoch running sums (GKL's accumulator and counts), keeping its published state."""
+        tracker = getattr(self.loss, "tracker", None)
+        for name in ("accumulator", "counts"):
+            buf = getattr(tracker, name, None)
+            if isinstance(buf, torch.Tensor):
+                buf.zero_()
+
     def save(self) -> Path | None:
-        """Write a rolling checkpoint and point `last.pt` at it; only the main process writes."""
+        """Write a rolling checkpoint and point `last.pt` at it; only the main process writes.
+
+        Collective with several ranks (each contributes its own state); returns the path on rank 0, else None.
+        Rotation keeps the newest `keep_last` checkpoints up to this step and never touches `last.pt`/`best.pt`
+        (hard links: a deleted step file stays readable through them).
+        """
+        payload = self.state_dict()
         if not self.is_main:
             return None
         ckdir = self.run_dir / "checkpoints"
-        path = save_checkpoint(ckdir / f"step_{self.step:09d}.pt", self.state_dict())
+        path = save_checkpoint(ckdir / f"step_{self.step:09d}.pt", payload)
         _link_atomic(path, self.run_dir / "last.pt")
         olds = sorted(ckdir.glob("step_*.pt"))
         for old in olds[: max(len(olds) - max(self.settings.keep_last, 1), 0)]:
@@ -369,8 +575,20 @@ class Trainer:
         return path
 
 
+def _copy_buffers(module: nn.Module, buffers: dict[str, torch.Tensor]) -> None:
+    own = dict(module.named_buffers())
+    with torch.no_grad():
+        for name, value in buffers.items():
+            if name in own:
+                own[name].copy_(value)
+
+
 def _link_atomic(src: Path, dst: Path) -> None:
-    """Make `dst` a hard link to `src` atomically (a copy where hard links are impossible)."""
+    """Make `dst` a hard link to `src` atomically (a copy where hard links are impossible).
+
+    Checkpoints are never written in place (always tmp + rename), so a hard link can never expose a half-written
+    file, and deleting the step file it came from leaves `dst` intact.
+    """
     import os
     import shutil
 
@@ -380,23 +598,44 @@ def _link_atomic(src: Path, dst: Path) -> None:
         os.link(src, tmp)
     except OSError:
         shutil.copyfile(src, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
     os.replace(tmp, dst)
 
 
 def _fmt(record: dict[str, Any]) -> str:
-    keys = ("train_loss", "train_adv_acc", "val_clean_acc", "val_pgd_acc", "eps", "lr", "train_images_per_s")
+    keys = (
+        "train_loss",
+        "train_adv_acc",
+        "val_clean_acc",
+        "val_pgd_acc",
+        "eps",
+        "lr",
+        "train_images_per_s",
+    )
     return " ".join(f"{k}={record[k]:.4g}" for k in keys if k in record)
 
 
 def check_resume_compatible(ckpt_cfg: dict[str, Any], cfg: dict[str, Any]) -> None:
-    """Refuse to resume when the model or dataset changed (weights would not fit or mean something else)."""
-    for key in ("model",):
-        if ckpt_cfg.get(key) != cfg.get(key):
-            raise CheckpointError(
-                f"cannot resume: the {key} config changed (checkpoint: {ckpt_cfg.get(key)}, now: {cfg.get(key)})"
-            )
-    if ckpt_cfg.get("data", {}).get("name") != cfg.get("data", {}).get("name"):
-        raise CheckpointError(
-            f"cannot resume: dataset changed ({ckpt_cfg['data'].get('name')} -> {cfg['data'].get('name')})"
-        )
+    """Refuse to resume when the model, dataset or loss changed (weights would not fit or mean something else).
 
+    Other settings (epochs, lr, attack, checkpointing) may change on resume: extending a run is legitimate.
+    """
+    fix = "resume with the checkpoint's settings, or train in a new run directory without resume"
+    if ckpt_cfg.get("model") != cfg.get("model"):
+        raise CheckpointError(
+            f"cannot resume: the model config changed (checkpoint: {ckpt_cfg.get('model')}, now: {cfg.get('model')}); "
+            + fix
+        )
+    old_data, new_data = (
+        (ckpt_cfg.get("data") or {}).get("name"),
+        (cfg.get("data") or {}).get("name"),
+    )
+    if old_data != new_data:
+        raise CheckpointError(f"cannot resume: dataset changed ({old_data} -> {new_data}); " + fix)
+    old_loss, new_loss = (
+        (ckpt_cfg.get("loss") or {}).get("name"),
+        (cfg.get("loss") or {}).get("name"),
+    )
+    if old_loss != new_loss:
+        raise CheckpointError(f"cannot resume: the loss changed ({old_loss} -> {new_loss}); " + fix)

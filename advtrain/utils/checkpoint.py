@@ -15,6 +15,7 @@ import hashlib
 import io
 import os
 import pickle
+import re
 import tempfile
 import zipfile
 from collections.abc import Mapping
@@ -60,7 +61,8 @@ def _update_digest(h: Any, obj: Any, path: str = "") -> None:
         h.update(f"{path}:L{len(obj)}".encode())
         for i, v in enumerate(obj):
             _update_digest(h, v, f"{path}[{i}]")
-    elif obj is None or type(obj) in (bool, int, float, str):  # exact types: subclasses need pickling
+    # Exact types: subclasses need pickling.
+    elif obj is None or type(obj) in (bool, int, float, str):
         h.update(f"{path}:{type(obj).__name__}:{obj!r}".encode())
     else:
         raise CheckpointError(
@@ -155,7 +157,9 @@ def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor
             f"refusing to load {path}: it contains pickled Python objects (weights_only=True)"
         ) from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
-        raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({type(e).__name__})") from None
+        raise CheckpointError(
+            f"checkpoint {path} is truncated or corrupt ({type(e).__name__})"
+        ) from None
     if isinstance(data, dict) and data.get("format") == FORMAT:
         return dict(data["model"])
     for key in ("state_dict", "model", "net", "model_state_dict"):
@@ -174,18 +178,31 @@ def serialized_size(payload: Mapping[str, Any]) -> int:
     return buf.tell()
 
 
+def _step_from_name(path: Path) -> int | None:
+    """`step_000000123.pt` -> 123 (the trainer's naming); None for any other name."""
+    match = re.fullmatch(r"step_(\d+)\.pt", path.name)
+    return int(match.group(1)) if match else None
+
+
 def find_latest_valid(run_dir: str | os.PathLike[str], pattern: str = "*.pt") -> Path | None:
     """The newest checkpoint in `run_dir` (by its stored step) that loads and verifies; None if there is none.
 
     Corrupt or truncated files are skipped (with their error logged) so `resume=auto` falls back to the previous
-    good checkpoint.
+    good checkpoint. Files named `step_N.pt` are tried newest first and the first that verifies wins, so a large
+    model's older checkpoints are not read at all; any other name is loaded to learn its step. Hidden files (our
+    temporary files of an interrupted write) are ignored.
     """
     import logging
 
     log = logging.getLogger(__name__)
+    named: list[tuple[int, float, Path]] = []
     best: tuple[int, float, Path] | None = None
     for p in Path(run_dir).glob(pattern):
-        if p.name.startswith("."):
+        if p.name.startswith(".") or not p.is_file():
+            continue
+        step = _step_from_name(p)
+        if step is not None:
+            named.append((step, p.stat().st_mtime, p))
             continue
         try:
             data = load_checkpoint(p)
@@ -195,4 +212,16 @@ def find_latest_valid(run_dir: str | os.PathLike[str], pattern: str = "*.pt") ->
         key = (int(data.get("step", -1)), p.stat().st_mtime, p)
         if best is None or key[:2] > best[:2]:
             best = key
+    for key in sorted(named, key=lambda k: k[:2], reverse=True):
+        if best is not None and key[:2] <= best[:2]:
+            break
+        try:
+            data = load_checkpoint(key[2])
+        except CheckpointError as e:
+            log.warning("skipping %s: %s", key[2], e)
+            continue
+        stored = (int(data.get("step", key[0])), key[1], key[2])
+        if best is None or stored[:2] > best[:2]:
+            best = stored
+        break
     return None if best is None else best[2]

@@ -1,0 +1,21 @@
+"""Export to RobustBench: zoo checkpoint, leaderboard `model_info` JSON, submission text (robustbench.py)."""
+
+from advtrain.export.robustbench import (
+    LEADERBOARD_EPS,
+    MODEL_INFO_KEYS,
+    ExportError,
+    build_model_info,
+    export_state_dict,
+    robustbench_constructor,
+    validate_model_info,
+)
+
+__all__ = [
+    "LEADERBOARD_EPS",
+    "MODEL_INFO_KEYS",
+    "ExportError",
+    "build_model_info",
+    "export_state_dict",
+    "robustbench_constructor",
+    "validate_model_info",
+]
