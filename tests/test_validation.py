@@ -55,7 +55,10 @@ def early(tmp_path: Path, *overrides: str) -> dict[str, Any]:
         (["attack.steps=-3"], r"steps=-3 must be >= 1"),
         (["data.aux_fraction=1.0"], r"data.aux_fraction=1.0 must be in \[0, 1\)"),
         (["data.aux_fraction=-0.1"], r"data.aux_fraction=-0.1 must be in \[0, 1\)"),
-        (["data.aux_fraction=0.5"], r"data.aux_fraction=0.5 needs auxiliary images: set data.aux_path"),
+        (
+            ["data.aux_fraction=0.5"],
+            r"data.aux_fraction=0.5 needs auxiliary images: set data.aux_path",
+        ),
         (["data.aux_path=???"], r"this experiment needs auxiliary data: add data.aux_path="),
         (["data.two_view=true"], r"data.two_view=true needs loss.aug_weight"),
         (["+model.num_classes=100"], r"model.num_classes=100 disagrees with data=cifar10 \(10\)"),

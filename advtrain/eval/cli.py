@@ -156,6 +156,14 @@ def _robustbench_model(cfg: dict[str, Any], dataset: str, norm: str) -> LoadedMo
             f"{name!r} is not a RobustBench {dataset}/{threat} model id (see robustbench.model_zoo); "
             "for your own weights use ckpt=PATH (advtrain checkpoint) or model=NAME ckpt=PATH"
         )
+    import timm
+
+    timm_name = f"{name.lower().replace('-', '_')}_{dataset}_{threat.lower()}"
+    if timm.is_model(timm_name):  # load_model would fetch these from the Hugging Face hub
+        raise CheckpointError(
+            f"{name} is served through timm ({timm_name}) and would be downloaded from the Hugging "
+            "Face hub; advtrain evaluates only zoo models whose weights are already on disk"
+        )
     model_dir = Path(rb.get("model_dir") or "./models")
     folder = model_dir / dataset / threat
     gid = zoo[name].get("gdrive_id")
