@@ -447,6 +447,7 @@ def test_unknown_benchmark_and_keys_are_config_errors(tmp_path: Path) -> None:
         run_bench({"bench": {}, "out_dir": str(tmp_path)})
 
 
+@pytest.mark.slow  # two interpreter starts with torch + Hydra: 10-45 s on the shared 2-core CPU
 def test_cli_dry_run_writes_files_with_the_command(tmp_path: Path) -> None:
     env = {**os.environ, "ADVTRAIN_RUNS_DIR": str(tmp_path / "runs")}
     r = subprocess.run(

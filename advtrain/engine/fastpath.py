@@ -3,18 +3,23 @@
 `auto` picks what measured fastest *and correct* for the device (`python -m advtrain bench
 bench=fastpath`, results in results/bench/fastpath.md and README.md); an explicit value always wins.
 
-Measured choices (why each default is what it is):
+Measured choices (results/bench/fastpath.md; 2-core Xeon with AVX-512 + AMX, torch 2.14, CPU):
 
-* CPU, channels_last: ON. oneDNN's convolutions are faster on NHWC activations; on the 2-core
-  Xeon (AVX-512, torch 2.14) a training step ran ~1.2x (PreActResNet-18) and ~1.4x (small CNN)
-  faster, with losses and input gradients equal to fp32 precision (results/bench/fastpath.md).
-* CPU, bf16 autocast: OFF. 1.5-3x *slower* there (the casts and bf16 kernels cost more than they
-  save at these sizes) and it changes the numbers.
-* CPU, torch.compile: OFF. Minutes of compilation per model and mode for a gain that was small
-  and not consistent between the training and the attack passes (see fastpath.md).
+* CPU, channels_last: ON. oneDNN convolutions run faster on NHWC activations: training step
+  1.25-1.39x (small CNN) and 1.02-1.30x at 1 thread / 1.14x at 2 threads (PreActResNet-18),
+  attack passes 1.01-1.34x; never slower, and losses and gradients are as close to a float64
+  reference as NCHW's.
+* CPU, bf16 autocast: OFF, by policy rather than speed. On this AMX CPU it was 1.5-3x *faster*
+  and within mixed-precision tolerance, but it changes the numbers of every CPU run (input
+  gradients 13-23% off in relative L2, 5-7% of their signs flipped), CPU runs here are tests and
+  reproducibility checks, and CPUs without AMX / AVX512-BF16 emulate it slowly. Opt in with
+  trainer.autocast=bf16.
+* CPU, torch.compile: OFF. Attack passes ran 0.67-0.91x (slower), training passes 1.0-1.3x,
+  so a 5-step adversarial step was 1.12-1.14x slower, plus compilation per model and mode.
 * CUDA, channels_last + bf16 autocast: ON (tensor cores need NHWC and 16-bit inputs); the GPU
-  figures are produced by scripts/bench_gpu.sh. cuDNN autotuning (cudnn.benchmark) is enabled
-  unless the run asks for deterministic kernels: input shapes are fixed during training.
+  figures come from scripts/bench_gpu.sh (pending: no GPU was available when this was written).
+  cuDNN autotuning (cudnn.benchmark) is on unless the run asks for deterministic kernels: input
+  shapes are fixed during training. torch.compile stays off until measured.
 """
 
 from __future__ import annotations
