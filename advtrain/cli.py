@@ -14,7 +14,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from advtrain.errors import AdvtrainError
 
-CONFIG_DIR = Path(os.environ.get("ADVTRAIN_CONFIG_DIR", Path(__file__).resolve().parents[1] / "configs"))
+CONFIG_DIR = Path(
+    os.environ.get("ADVTRAIN_CONFIG_DIR", Path(__file__).resolve().parents[1] / "configs")
+)
 log = logging.getLogger("advtrain")
 
 
@@ -56,14 +58,16 @@ def _guard(fn: Callable[[dict[str, Any]], Any]) -> Callable[[DictConfig], Any]:
 
 def _train(cfg: dict[str, Any]) -> dict[str, Any]:
     from advtrain.engine.run import run_training
-
     from advtrain.utils.distributed import current
 
     result = run_training(cfg)
     if not current().is_main:
         return result
-    summary = " | ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
-                         for k, v in result.items() if k.startswith("test_") or k.startswith("val_"))
+    summary = " | ".join(
+        f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+        for k, v in result.items()
+        if k.startswith("test_") or k.startswith("val_")
+    )
     print(f"[advtrain] finished {cfg['name']} in {cfg['run_dir']}: {summary}")
     return result
 
@@ -90,7 +94,9 @@ def run(command: str, overrides: list[str]) -> int:
 
     register_resolvers()
     config_name, fn = _entry(command)
-    main = hydra.main(config_path=str(CONFIG_DIR), config_name=config_name, version_base="1.3")(_guard(fn))
+    main = hydra.main(config_path=str(CONFIG_DIR), config_name=config_name, version_base="1.3")(
+        _guard(fn)
+    )
     old_argv = sys.argv
     sys.argv = [f"advtrain {command}", *overrides]
     try:

@@ -80,7 +80,13 @@ class AutoAttack(_PyAutoAttack):
         attacks = list(attacks_to_run) if attacks_to_run else None
         with _aa_log_handlers(log_path, verbose):
             super().__init__(
-                model, attacks=attacks, device=device, eps=eps, norm=norm, seed=seed, version=version
+                model,
+                attacks=attacks,
+                device=device,
+                eps=eps,
+                norm=norm,
+                seed=seed,
+                version=version,
             )
         # pyautoattack gates its log lines on `self.verbose`; keep them on whenever they have somewhere to go,
         # so `log_path` receives the log even with verbose=False (GitHub would write nothing then).

@@ -11,7 +11,9 @@ from omegaconf import OmegaConf
 from advtrain.cli import CONFIG_DIR, register_resolvers
 
 
-def compose_plain(overrides: list[str], config_name: str = "train", run_dir: Path | None = None) -> dict[str, Any]:
+def compose_plain(
+    overrides: list[str], config_name: str = "train", run_dir: Path | None = None
+) -> dict[str, Any]:
     """Resolved config as a plain dict, with `run_dir` set (it comes from Hydra's runtime in the CLI)."""
     register_resolvers()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):

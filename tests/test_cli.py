@@ -13,8 +13,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def advtrain(*args: str, env: dict | None = None, cwd: Path = REPO, timeout: int = 300):
-    return subprocess.run([sys.executable, "-m", "advtrain", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "advtrain", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def test_help_lists_commands() -> None:
@@ -42,14 +48,25 @@ def test_cfg_job_prints_the_trades_paper_setting() -> None:
 def test_cfg_job_prints_the_official_gkl_setting() -> None:
     r = advtrain("train", "+exp=cifar10_gkl", "--cfg", "job")
     assert r.returncode == 0, r.stderr
-    for line in ("name: gkl", "alpha: 4.0", "beta: 20.0", "temperature: 4.0", "lr: 0.2",
-                 "schedule: cosine_official", "awp_gamma: 0.005", "weight_average_tau: 0.9",
-                 "schedule: linear_ramp", "epochs: 200"):
+    for line in (
+        "name: gkl",
+        "alpha: 4.0",
+        "beta: 20.0",
+        "temperature: 4.0",
+        "lr: 0.2",
+        "schedule: cosine_official",
+        "awp_gamma: 0.005",
+        "weight_average_tau: 0.9",
+        "schedule: linear_ramp",
+        "epochs: 200",
+    ):
         assert line in r.stdout, line
 
 
 def test_unknown_override_key_is_one_clear_line(tmp_path: Path) -> None:
-    r = advtrain("train", "+exp=smoke", "trainer.epochz=3", env={"ADVTRAIN_RUNS_DIR": str(tmp_path)})
+    r = advtrain(
+        "train", "+exp=smoke", "trainer.epochz=3", env={"ADVTRAIN_RUNS_DIR": str(tmp_path)}
+    )
     assert r.returncode != 0
     assert "epochz" in r.stderr and "Traceback" not in r.stderr
 
@@ -61,35 +78,60 @@ def test_unknown_group_option_is_one_clear_line(tmp_path: Path) -> None:
 
 
 def test_pixel_eps_is_one_line_with_hint(tmp_path: Path, data_dir: Path) -> None:
-    r = advtrain("train", "+exp=smoke", "attack.eps=8", f"data.root={data_dir}",
-                 env={"ADVTRAIN_RUNS_DIR": str(tmp_path)})
+    r = advtrain(
+        "train",
+        "+exp=smoke",
+        "attack.eps=8",
+        f"data.root={data_dir}",
+        env={"ADVTRAIN_RUNS_DIR": str(tmp_path)},
+    )
     assert r.returncode == 1
     lines = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1 and "8/255" in lines[0] and "Traceback" not in r.stderr
 
 
 def test_missing_dataset_is_one_line(tmp_path: Path) -> None:
-    r = advtrain("train", "+exp=smoke", f"data.root={tmp_path / 'none'}",
-                 env={"ADVTRAIN_RUNS_DIR": str(tmp_path)})
+    r = advtrain(
+        "train",
+        "+exp=smoke",
+        f"data.root={tmp_path / 'none'}",
+        env={"ADVTRAIN_RUNS_DIR": str(tmp_path)},
+    )
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert "cifar10_train.npz" in r.stderr
 
 
 @pytest.mark.slow
 def test_smoke_train_from_the_command_line(tmp_path: Path, data_dir: Path) -> None:
-    r = advtrain("train", "+exp=smoke", f"data.root={data_dir}", "trainer.epochs=1",
-                 env={"ADVTRAIN_RUNS_DIR": str(tmp_path)})
+    r = advtrain(
+        "train",
+        "+exp=smoke",
+        f"data.root={data_dir}",
+        "trainer.epochs=1",
+        env={"ADVTRAIN_RUNS_DIR": str(tmp_path)},
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert "[advtrain] finished smoke" in r.stdout and "test_clean_acc" in r.stdout
     runs = list((tmp_path / "smoke").iterdir())
-    assert len(runs) == 1 and (runs[0] / "last.pt").exists() and (runs[0] / "metrics.jsonl").exists()
+    assert (
+        len(runs) == 1 and (runs[0] / "last.pt").exists() and (runs[0] / "metrics.jsonl").exists()
+    )
 
 
 @pytest.mark.slow
 def test_multirun_sweep_gives_one_run_dir_per_job(tmp_path: Path, data_dir: Path) -> None:
-    r = advtrain("train", "-m", "+exp=smoke", f"data.root={data_dir}", "seed=0,1", "trainer.epochs=1",
-                 "data.train_subset=64", "trainer.test_examples=0", "trainer.val_examples=32",
-                 env={"ADVTRAIN_RUNS_DIR": str(tmp_path)})
+    r = advtrain(
+        "train",
+        "-m",
+        "+exp=smoke",
+        f"data.root={data_dir}",
+        "seed=0,1",
+        "trainer.epochs=1",
+        "data.train_subset=64",
+        "trainer.test_examples=0",
+        "trainer.val_examples=32",
+        env={"ADVTRAIN_RUNS_DIR": str(tmp_path)},
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     metrics = sorted((tmp_path / "multirun").rglob("metrics.jsonl"))
     assert len(metrics) == 2

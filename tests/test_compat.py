@@ -35,20 +35,31 @@ def _tiny_model() -> nn.Module:
 
 def test_adapter_matches_direct_pyautoattack(tmp_path: Path) -> None:
     """GitHub call shape (log_path, attacks_to_run, bs, plain x_adv) over pyautoattack: identical x_adv."""
-    from autoattack import AutoAttack as GitHubStyle
     from pyautoattack import AutoAttack as PyPI
+
+    from autoattack import AutoAttack as GitHubStyle
 
     model = _tiny_model()
     g = torch.Generator().manual_seed(1)
     x = torch.rand(12, 3, 8, 8, generator=g)
     y = model(x).argmax(1)  # all clean-correct, so the attack has work to do
     log = tmp_path / "aa.log"
-    ours = GitHubStyle(model, norm="Linf", eps=8 / 255, seed=0, version="custom",
-                       attacks_to_run=["apgd-ce"], device="cpu", log_path=str(log), verbose=False)
+    ours = GitHubStyle(
+        model,
+        norm="Linf",
+        eps=8 / 255,
+        seed=0,
+        version="custom",
+        attacks_to_run=["apgd-ce"],
+        device="cpu",
+        log_path=str(log),
+        verbose=False,
+    )
     ours.apgd.n_restarts = 1
     x_adv = ours.run_standard_evaluation(x, y, bs=6)
-    direct = PyPI(model, attacks=["apgd-ce"], device="cpu", eps=8 / 255, norm="Linf", seed=0,
-                  version="custom")
+    direct = PyPI(
+        model, attacks=["apgd-ce"], device="cpu", eps=8 / 255, norm="Linf", seed=0, version="custom"
+    )
     direct.apgd.n_restarts = 1
     x_ref, _ = direct.run_standard_evaluation(x, y, batch_size=6)
     assert isinstance(x_adv, torch.Tensor) and torch.equal(x_adv, x_ref)
@@ -67,21 +78,34 @@ def test_adapter_refuses_tensorflow_models() -> None:
 
 
 def test_state_module_reexports_evaluation_state() -> None:
-    from autoattack.state import EvaluationState
     from pyautoattack.state import EvaluationState as Original
+
+    from autoattack.state import EvaluationState
 
     assert EvaluationState is Original
 
 
 @pytest.mark.slow
-def test_wandb_logger_offline(tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from advtrain.engine.run import run_training
+def test_wandb_logger_offline(
+    tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from helpers import compose_plain
+
+    from advtrain.engine.run import run_training
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
-    cfg = compose_plain(["+exp=smoke", "logger=wandb", f"data.root={data_dir}", "trainer.epochs=1",
-                         "data.train_subset=64", "trainer.test_examples=0"], run_dir=tmp_path)
+    cfg = compose_plain(
+        [
+            "+exp=smoke",
+            "logger=wandb",
+            f"data.root={data_dir}",
+            "trainer.epochs=1",
+            "data.train_subset=64",
+            "trainer.test_examples=0",
+        ],
+        run_dir=tmp_path,
+    )
     assert cfg["logger"]["mode"] == "offline"
     run_training(cfg)
     runs = list((tmp_path / "wandb").glob("offline-run-*"))

@@ -6,11 +6,11 @@ import math
 
 import pytest
 import torch
+from helpers import compose_plain, group_options
 
 from advtrain.engine.build import build_attack, build_callbacks, build_loss, build_model
 from advtrain.engine.optim import LRSchedule, build_optimizer
 from advtrain.errors import ConfigError
-from helpers import compose_plain, group_options
 
 SMALL = ["model=small_cnn", "model.width=4"]
 
@@ -59,8 +59,14 @@ def test_every_optim_option_builds(option: str) -> None:
     cfg = compose_plain([f"optim={option}", *SMALL])
     model = build_model(cfg)
     o = cfg["optim"]
-    opt = build_optimizer(model.parameters(), name=o["name"], lr=o["lr"], momentum=o["momentum"],
-                          nesterov=o["nesterov"], weight_decay=o["weight_decay"])
+    opt = build_optimizer(
+        model.parameters(),
+        name=o["name"],
+        lr=o["lr"],
+        momentum=o["momentum"],
+        nesterov=o["nesterov"],
+        weight_decay=o["weight_decay"],
+    )
     assert opt.param_groups[0]["lr"] == o["lr"]
 
 
@@ -108,15 +114,23 @@ def test_trades_experiment_is_the_paper_setting() -> None:
     assert cfg["attack"]["steps"] == 10 and cfg["loss"]["beta"] == 6.0
     assert cfg["optim"]["lr"] == 0.1 and cfg["optim"]["milestones"] == [75, 90]
     assert cfg["trainer"]["epochs"] == 100
-    sched = LRSchedule(lr=0.1, epochs=100, steps_per_epoch=10, schedule="multistep",
-                       milestones=(75, 90), per_iteration=False)
+    sched = LRSchedule(
+        lr=0.1,
+        epochs=100,
+        steps_per_epoch=10,
+        schedule="multistep",
+        milestones=(75, 90),
+        per_iteration=False,
+    )
     assert sched(75) == pytest.approx(0.1) and sched(76) == pytest.approx(0.01)
     assert sched(91) == pytest.approx(0.001)
 
 
 def test_official_cosine_schedule_values() -> None:
     """GKL_SPEC.md §4: lr_t = 0.2 * 0.5 (1 + cos(pi t / (E + 1))) at t = 1, 100, 150, 200."""
-    s = LRSchedule(lr=0.2, epochs=200, steps_per_epoch=5, schedule="cosine_official", per_iteration=False)
+    s = LRSchedule(
+        lr=0.2, epochs=200, steps_per_epoch=5, schedule="cosine_official", per_iteration=False
+    )
     assert s(1) == pytest.approx(0.19999, abs=1e-5)
     assert s(100) == pytest.approx(0.1008, abs=1e-4)
     assert s(150) == pytest.approx(0.0301, abs=1e-4)
@@ -125,7 +139,9 @@ def test_official_cosine_schedule_values() -> None:
 
 def test_cosine_and_warmup() -> None:
     s = LRSchedule(lr=1.0, epochs=4, steps_per_epoch=10, schedule="cosine", warmup_epochs=1)
-    assert s(1, 0) == pytest.approx(0.1 * math.cos(0) ** 0, rel=1e-6)  # first warm-up step: 1/10 of lr
+    assert s(1, 0) == pytest.approx(
+        0.1 * math.cos(0) ** 0, rel=1e-6
+    )  # first warm-up step: 1/10 of lr
     assert s(3, 0) == pytest.approx(0.5)
     assert s(4, 9) < 0.01
 

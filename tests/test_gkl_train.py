@@ -6,21 +6,34 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import compose_plain
 
 from advtrain.engine.run import run_training
 from advtrain.utils.checkpoint import load_checkpoint
 from advtrain.utils.logging import read_metrics
-from helpers import compose_plain
 
 
 @pytest.mark.slow
 def test_short_gkl_run_learns_robustness_above_chance(tmp_path: Path, data_dir: Path) -> None:
-    cfg = compose_plain([
-        "+exp=cifar10_gkl", f"data.root={data_dir}", "model=small_cnn", "model.width=8",
-        "data.train_subset=2048", "data.batch_size=128", "trainer.epochs=4", "trainer.eval_every=1",
-        "trainer.val_examples=512", "trainer.val_pgd_steps=5", "trainer.test_examples=0",
-        "trainer.awp_warmup_epochs=3", "trainer.progress=false", "optim.lr=0.05",
-    ], run_dir=tmp_path)
+    cfg = compose_plain(
+        [
+            "+exp=cifar10_gkl",
+            f"data.root={data_dir}",
+            "model=small_cnn",
+            "model.width=8",
+            "data.train_subset=2048",
+            "data.batch_size=128",
+            "trainer.epochs=4",
+            "trainer.eval_every=1",
+            "trainer.val_examples=512",
+            "trainer.val_pgd_steps=5",
+            "trainer.test_examples=0",
+            "trainer.awp_warmup_epochs=3",
+            "trainer.progress=false",
+            "optim.lr=0.05",
+        ],
+        run_dir=tmp_path,
+    )
     run_training(cfg)
     records = [r for r in read_metrics(tmp_path) if not r.get("final")]
     assert len(records) == 4

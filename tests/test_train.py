@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import compose_plain
 
 from advtrain.engine.run import run_training
 from advtrain.errors import CheckpointError, ConfigError, DataError, NonFiniteLossError
 from advtrain.utils.checkpoint import find_latest_valid, load_checkpoint
 from advtrain.utils.logging import read_metrics
-from helpers import compose_plain
 
 pytestmark = pytest.mark.usefixtures("data_dir")
 
@@ -42,9 +42,17 @@ def test_smoke_run_end_to_end(tmp_path: Path, data_dir: Path) -> None:
 @pytest.mark.slow
 def test_resume_from_mid_run_checkpoint_is_bit_identical(tmp_path: Path, data_dir: Path) -> None:
     """Train 2 epochs straight; separately resume from the step-3 checkpoint: identical final weights."""
-    extra = ("trainer.checkpoint_every_steps=3", "trainer.keep_last=10", "trainer.deterministic=true",
-             "loss=gkl", "attack=gkl", "trainer.ema_decay=0.9", "trainer.weight_average_tau=0.5",
-             "trainer.awp_gamma=0.005", "trainer.awp_warmup_epochs=2")
+    extra = (
+        "trainer.checkpoint_every_steps=3",
+        "trainer.keep_last=10",
+        "trainer.deterministic=true",
+        "loss=gkl",
+        "attack=gkl",
+        "trainer.ema_decay=0.9",
+        "trainer.weight_average_tau=0.5",
+        "trainer.awp_gamma=0.005",
+        "trainer.awp_warmup_epochs=2",
+    )
     full = tmp_path / "full"
     run_training(smoke(full, data_dir, *extra))
     mid = full / "checkpoints" / "step_000000003.pt"
@@ -57,7 +65,9 @@ def test_resume_from_mid_run_checkpoint_is_bit_identical(tmp_path: Path, data_di
     for key in a["ema"]:
         assert torch.equal(a["ema"][key], b["ema"][key]), key
     assert torch.equal(a["loss"]["tracker.weights"], b["loss"]["tracker.weights"])
-    assert not torch.allclose(a["loss"]["tracker.weights"], torch.full_like(a["loss"]["tracker.weights"], 0.1))
+    assert not torch.allclose(
+        a["loss"]["tracker.weights"], torch.full_like(a["loss"]["tracker.weights"], 0.1)
+    )
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path, data_dir: Path) -> None:
@@ -71,7 +81,9 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path, data_dir:
 
 
 def test_missing_dataset_says_where_and_how(tmp_path: Path) -> None:
-    cfg = compose_plain(["+exp=smoke", f"data.root={tmp_path / 'nowhere'}"], run_dir=tmp_path / "run")
+    cfg = compose_plain(
+        ["+exp=smoke", f"data.root={tmp_path / 'nowhere'}"], run_dir=tmp_path / "run"
+    )
     with pytest.raises(DataError, match="cifar10_train.npz"):
         run_training(cfg)
 
@@ -91,9 +103,19 @@ def test_unknown_top_level_and_trainer_keys(tmp_path: Path, data_dir: Path) -> N
         run_training(smoke(tmp_path, data_dir, "+lrr=3"))
 
 
-def test_corrupt_checkpoint_is_detected_and_auto_resume_skips_it(tmp_path: Path, data_dir: Path) -> None:
-    run_training(smoke(tmp_path, data_dir, "trainer.checkpoint_every_steps=2", "trainer.keep_last=10",
-                       "trainer.epochs=1", "trainer.test_examples=0"))
+def test_corrupt_checkpoint_is_detected_and_auto_resume_skips_it(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    run_training(
+        smoke(
+            tmp_path,
+            data_dir,
+            "trainer.checkpoint_every_steps=2",
+            "trainer.keep_last=10",
+            "trainer.epochs=1",
+            "trainer.test_examples=0",
+        )
+    )
     ckpts = sorted((tmp_path / "checkpoints").glob("step_*.pt"))
     newest = ckpts[-1]
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # truncate

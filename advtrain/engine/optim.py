@@ -60,7 +60,9 @@ class LRSchedule:
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
-            raise ConfigError(f"optim.schedule={self.schedule!r}: choose one of {', '.join(SCHEDULES)}")
+            raise ConfigError(
+                f"optim.schedule={self.schedule!r}: choose one of {', '.join(SCHEDULES)}"
+            )
         if self.epochs < 1:
             raise ConfigError(f"trainer.epochs must be >= 1, got {self.epochs}")
 

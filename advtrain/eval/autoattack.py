@@ -39,7 +39,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -53,6 +52,7 @@ from torch import Tensor, nn
 from advtrain.attacks.pgd import model_mode
 from advtrain.errors import ConfigError
 from advtrain.eval import checks
+from advtrain.utils.checkpoint import atomic_torch_save, atomic_write_bytes
 
 __all__ = [
     "ATTACK_NAMES",
@@ -298,34 +298,6 @@ def _broken_per_attack(lines: Sequence[str], attacks: Sequence[str]) -> dict[str
     return broken
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _atomic_write_text(text: str, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _check_meta(found: dict[str, Any], expected: dict[str, Any], where: Path) -> None:
     diff = [
         f"{k}: {found.get(k)!r} there vs {expected.get(k)!r} now"
@@ -498,7 +470,7 @@ def run_autoattack(
         if rank == 0:
             state_path.mkdir(parents=True, exist_ok=True)
             if not meta_file.exists():
-                _atomic_write_text(json.dumps(meta, indent=2) + "\n", meta_file)
+                atomic_write_bytes(meta_file, json.dumps(meta, indent=2) + "\n")
             for stale in state_path.glob(".shard_*.tmp"):  # left by a kill mid-write
                 stale.unlink(missing_ok=True)
         _barrier()
@@ -526,7 +498,7 @@ def run_autoattack(
                 bar.set_description(f"AutoAttack shard {i + 1}/{len(bounds)}")
                 shard = _attack_shard(model, x[start:stop], y[start:stop], i, start, dev, meta, bar)
                 if path is not None:
-                    _atomic_save(_shard_payload(shard, meta), path)
+                    atomic_torch_save(_shard_payload(shard, meta), path)
                 done[i] = shard
                 if on_shard_done is not None:
                     on_shard_done(i)

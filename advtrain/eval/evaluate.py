@@ -68,15 +68,26 @@ def pgd_correct(
             x = _to_float(images[i : i + batch_size]).to(device, non_blocking=True)
             y = labels[i : i + batch_size].to(device, non_blocking=True)
             x_adv = pgd(
-                model, x, y, norm=norm, eps=eps, step_size=step_size, steps=steps,
-                objective=objective, random_start=random_start, restarts=restarts, generator=gen,
+                model,
+                x,
+                y,
+                norm=norm,
+                eps=eps,
+                step_size=step_size,
+                steps=steps,
+                objective=objective,
+                random_start=random_start,
+                restarts=restarts,
+                generator=gen,
             )
             with torch.no_grad():
                 out.append((model(x_adv).argmax(1) == y).cpu())
     return torch.cat(out) if out else torch.empty(0, dtype=torch.bool)
 
 
-def per_class_accuracy(correct: torch.Tensor, labels: torch.Tensor, num_classes: int) -> list[float]:
+def per_class_accuracy(
+    correct: torch.Tensor, labels: torch.Tensor, num_classes: int
+) -> list[float]:
     """Accuracy per class (NaN for a class with no examples)."""
     labels = labels.cpu()
     counts = torch.bincount(labels, minlength=num_classes).float()

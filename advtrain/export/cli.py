@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ from advtrain.export.robustbench import (
     validate_model_id,
     validate_model_info,
 )
+from advtrain.utils.checkpoint import atomic_write_bytes
 
 __all__ = ["run_export"]
 
@@ -110,21 +110,6 @@ def _read_results(path_like: Any) -> tuple[dict[str, Any], Path]:
     if not isinstance(results, dict) or results.get("format") != "advtrain-eval-results":
         raise ConfigError(f"{path} is not a results.json written by `advtrain eval`")
     return results, path
-
-
-def _write_atomic(path: Path, data: bytes | str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _load_like_robustbench(path: Path, constructor: Any) -> torch.nn.Module:
@@ -378,7 +363,7 @@ def run_export(cfg: dict[str, Any]) -> dict[str, Any]:
     # 5. entry, submission, log
     suffix = ".partial" if partial else ""
     info_path = out_dir / "model_info" / dataset / threat / f"{model_id}{suffix}.json"
-    _write_atomic(info_path, json.dumps(info, indent=2) + "\n")
+    atomic_write_bytes(info_path, json.dumps(info, indent=2) + "\n")
     zoo_note = f"weights verified in {arch_note}" if constructor is not None else arch_note
     sub_path = out_dir / "submission" / f"{model_id}{suffix}.md"
     text = submission_text(
@@ -396,7 +381,7 @@ def run_export(cfg: dict[str, Any]) -> dict[str, Any]:
             + "; ".join(problems)
             + "\n\n"
         ) + text
-    _write_atomic(sub_path, text)
+    atomic_write_bytes(sub_path, text)
     aa_log = results_path.parent / ((results.get("files") or {}).get("log") or "autoattack.log")
     log_copy = None
     if aa_log.is_file():
@@ -428,7 +413,7 @@ def run_export(cfg: dict[str, Any]) -> dict[str, Any]:
             rb_model, results, results_path, cfg, threat, root, out_dir, model_id
         )
     summary["wall_time_s"] = time.perf_counter() - started
-    _write_atomic(out_dir / "export.json", json.dumps(summary, indent=2) + "\n")
+    atomic_write_bytes(out_dir / "export.json", json.dumps(summary, indent=2) + "\n")
     print(_format(summary))
     if summary.get("check") and not summary["check"]["passed"]:
         raise ExportError("RobustBench check failed: " + "; ".join(summary["check"]["problems"]))

@@ -18,9 +18,9 @@ import pickle
 import re
 import tempfile
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -78,18 +78,18 @@ def checksum(payload: Mapping[str, Any]) -> str:
     return h.hexdigest()
 
 
-def save_checkpoint(path: str | os.PathLike[str], payload: Mapping[str, Any]) -> Path:
-    """Write `payload` atomically to `path` with format/version/checksum fields added; returns the path."""
+def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], None]) -> Path:
+    """Write a file so that readers see either the old or the complete new content, never a torn one.
+
+    `write(f)` fills a temporary file in the same directory; it is fsynced and renamed over `path`, and the
+    directory is fsynced so the rename itself survives a power loss.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = dict(payload)
-    data["format"] = FORMAT
-    data["version"] = VERSION
-    data["checksum"] = checksum(data)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(data, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -105,6 +105,29 @@ def save_checkpoint(path: str | os.PathLike[str], payload: Mapping[str, Any]) ->
             os.close(dir_fd)
     except OSError:  # some filesystems do not allow fsync on directories
         pass
+    return path
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes | str) -> Path:
+    """`atomic_write` for bytes or text (UTF-8)."""
+    payload = data.encode() if isinstance(data, str) else data
+    return atomic_write(path, lambda f: f.write(payload))
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> Path:
+    """`torch.save` through `atomic_write`."""
+    return atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def save_checkpoint(path: str | os.PathLike[str], payload: Mapping[str, Any]) -> Path:
+    """Write `payload` atomically to `path` with format/version/checksum fields added; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = dict(payload)
+    data["format"] = FORMAT
+    data["version"] = VERSION
+    data["checksum"] = checksum(data)
+    atomic_write(path, lambda f: torch.save(data, f))
     return path
 
 
