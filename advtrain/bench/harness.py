@@ -27,10 +27,15 @@ from omegaconf import OmegaConf
 from torch import Tensor, nn
 
 from advtrain.cli import CONFIG_DIR, register_resolvers
-from advtrain.engine.build import build_attack, build_callbacks, build_loss, build_model
+from advtrain.engine.build import (
+    build_attack,
+    build_callbacks,
+    build_loss,
+    build_model,
+    build_optimization,
+)
 from advtrain.engine.fastpath import fast_path_defaults
-from advtrain.engine.optim import LRSchedule, build_optimizer
-from advtrain.engine.trainer import Trainer, TrainerSettings
+from advtrain.engine.trainer import Trainer
 from advtrain.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -129,27 +134,7 @@ def build_trainer(
     net = (model if model is not None else build_model(cfg)).to(device, memory_format=fmt)
     loss = build_loss(cfg).to(device)
     attack, schedule = build_attack(cfg)
-    o = cfg["optim"]
-    optimizer = build_optimizer(
-        net.parameters(),
-        name=o["name"],
-        lr=o["lr"],
-        momentum=o["momentum"],
-        nesterov=o["nesterov"],
-        weight_decay=o["weight_decay"],
-    )
-    fields = TrainerSettings.__dataclass_fields__
-    settings = TrainerSettings(**{k: v for k, v in t.items() if k in fields})
-    lr_schedule = LRSchedule(
-        lr=o["lr"],
-        epochs=settings.epochs,
-        steps_per_epoch=1000,
-        schedule=o["schedule"],
-        milestones=tuple(o["milestones"]),
-        decay=o["decay"],
-        warmup_epochs=o["warmup_epochs"],
-        per_iteration=o["per_iteration"],
-    )
+    optimizer, lr_schedule, settings = build_optimization(cfg, net, steps_per_epoch=1000)
     callbacks = build_callbacks(cfg, net, schedule)
     compiled = torch.compile(net) if t.get("compile") else None
     trainer = Trainer(

@@ -343,3 +343,37 @@ def build_callbacks(cfg: dict[str, Any], model: nn.Module, schedule: Any) -> lis
     if t.get("weight_average_tau"):
         cbs.append(EpochWeightAverage(model, t["weight_average_tau"]))
     return cbs
+
+
+def build_optimization(
+    cfg: dict[str, Any], model: nn.Module, steps_per_epoch: int
+) -> tuple[torch.optim.Optimizer, Any, Any]:
+    """Optimiser, LR schedule and trainer settings from the `optim` and `trainer` groups.
+
+    One place for both `advtrain train` and the benchmarks, so the benchmarked step is the trained one.
+    """
+    from advtrain.engine.optim import LRSchedule, build_optimizer
+    from advtrain.engine.trainer import TrainerSettings
+
+    o, t = cfg["optim"], cfg["trainer"]
+    optimizer = build_optimizer(
+        model.parameters(),
+        name=o["name"],
+        lr=o["lr"],
+        momentum=o["momentum"],
+        nesterov=o["nesterov"],
+        weight_decay=o["weight_decay"],
+    )
+    fields = TrainerSettings.__dataclass_fields__
+    settings = TrainerSettings(**{k: v for k, v in t.items() if k in fields})
+    lr_schedule = LRSchedule(
+        lr=o["lr"],
+        epochs=settings.epochs,
+        steps_per_epoch=steps_per_epoch,
+        schedule=o["schedule"],
+        milestones=tuple(o["milestones"]),
+        decay=o["decay"],
+        warmup_epochs=o["warmup_epochs"],
+        per_iteration=o["per_iteration"],
+    )
+    return optimizer, lr_schedule, settings

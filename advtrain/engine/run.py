@@ -22,11 +22,11 @@ from advtrain.engine.build import (
     build_callbacks,
     build_loss,
     build_model,
+    build_optimization,
     validate_config,
 )
 from advtrain.engine.fastpath import fast_path_defaults
-from advtrain.engine.optim import LRSchedule, build_optimizer
-from advtrain.engine.trainer import EvalSet, Trainer, TrainerSettings, check_resume_compatible
+from advtrain.engine.trainer import EvalSet, Trainer, check_resume_compatible
 from advtrain.errors import AdvtrainError, CheckpointError, ConfigError, DataError
 from advtrain.utils import distributed as dist_utils
 from advtrain.utils.checkpoint import find_latest_valid, load_checkpoint
@@ -148,28 +148,7 @@ def _run(cfg: dict[str, Any], env: DistEnv, device: torch.device) -> dict[str, A
     if t.get("sync_bn") and env.is_distributed:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     loss = loss.to(device)
-    o = dict(cfg["optim"])
-    optimizer = build_optimizer(
-        model.parameters(),
-        name=o["name"],
-        lr=o["lr"],
-        momentum=o["momentum"],
-        nesterov=o["nesterov"],
-        weight_decay=o["weight_decay"],
-    )
-    settings = TrainerSettings(
-        **{k: v for k, v in t.items() if k in TrainerSettings.__dataclass_fields__}
-    )
-    lr_schedule = LRSchedule(
-        lr=o["lr"],
-        epochs=settings.epochs,
-        steps_per_epoch=len(loader),
-        schedule=o["schedule"],
-        milestones=tuple(o["milestones"]),
-        decay=o["decay"],
-        warmup_epochs=o["warmup_epochs"],
-        per_iteration=o["per_iteration"],
-    )
+    optimizer, lr_schedule, settings = build_optimization(cfg, model, len(loader))
     callbacks = build_callbacks(cfg, model, schedule)
     compiled = torch.compile(model) if t.get("compile") else None
     ddp = None
