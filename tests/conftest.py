@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# Per-machine caches (the channels_last self-check) go to a fresh folder per test session, so
+# the suite checks this machine itself and never reads or writes the user's ~/.cache.
+os.environ.setdefault("ADVTRAIN_CACHE_DIR", tempfile.mkdtemp(prefix="advtrain-test-cache-"))
 
 
 def _data_dir() -> Path:
@@ -34,3 +39,21 @@ def _torch_threads():
 
     torch.set_num_threads(2)
     yield
+
+
+@pytest.fixture(scope="session")
+def channels_last_safe() -> bool:
+    """Whether this CPU passes the channels_last self-check (run once, in a child process)."""
+    from advtrain.engine.fastpath import run_probe
+
+    return run_probe().ok
+
+
+@pytest.fixture
+def require_channels_last(channels_last_safe: bool) -> None:
+    """Skip a test that runs channels_last kernels in-process where they are known to be broken:
+    on such a CPU a native defect would abort the whole test session (docs/cpu_fast_paths.md)."""
+    if not channels_last_safe:
+        from advtrain.engine.fastpath import run_probe
+
+        pytest.skip(f"channels_last is unsafe on this CPU: {run_probe().detail}")

@@ -447,32 +447,9 @@ def test_unknown_benchmark_and_keys_are_config_errors(tmp_path: Path) -> None:
         run_bench({"bench": {}, "out_dir": str(tmp_path)})
 
 
-@pytest.mark.slow  # two interpreter starts with torch + Hydra: 10-45 s on the shared 2-core CPU
-def test_cli_dry_run_writes_files_with_the_command(tmp_path: Path) -> None:
+@pytest.mark.slow  # an interpreter start with torch + Hydra
+def test_cli_unknown_setting_is_one_line(tmp_path: Path) -> None:
     env = {**os.environ, "ADVTRAIN_RUNS_DIR": str(tmp_path / "runs")}
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "advtrain",
-            "bench",
-            "bench=gkl_loss",
-            "dry_run=true",
-            f"out_dir={tmp_path}",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
-    assert r.returncode == 0, r.stderr
-    data = json.loads((tmp_path / "gkl_loss.json").read_text())
-    assert (
-        data["command"].startswith("python -m advtrain bench ")
-        and "bench=gkl_loss" in data["command"]
-    )
-    assert data["machine"]["torch_threads"] == 1  # configs/bench.yaml fixes threads: 1
     bad = subprocess.run(
         [
             sys.executable,
@@ -523,17 +500,20 @@ def test_scaling_plot_writes_a_png(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def dry_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    """Every benchmark at tiny sizes, through the real CLI in a child process: the benchmarks
+    run native fast-path kernels, and a native crash there (an abort, a segfault) must fail
+    these tests with its message instead of taking the whole test session down."""
     out = tmp_path_factory.mktemp("bench")
-    cfg = {
-        "bench": {name: {} for name in BENCHMARKS},
-        "out_dir": str(out),
-        "device": "cpu",
-        "threads": 1,
-        "seed": 0,
-        "data_root": None,
-        "dry_run": True,
-    }
-    return out, run_bench(cfg)
+    env = {**os.environ, "ADVTRAIN_RUNS_DIR": str(out / "runs")}
+    cmd = [sys.executable, "-m", "advtrain", "bench", "bench=all", "dry_run=true", "threads=1"]
+    cmd += ["device=cpu", "seed=0", "data_root=null", f"out_dir={out}"]
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900, env=env)
+    if r.returncode != 0:
+        pytest.fail(
+            f"benchmark dry run exited with code {r.returncode}:\n{r.stderr[-3000:]}", pytrace=False
+        )
+    payloads = {name: json.loads((out / f"{name}.json").read_text()) for name in BENCHMARKS}
+    return out, payloads
 
 
 def _finite_positive(x: Any) -> bool:
@@ -544,10 +524,13 @@ def _finite_positive(x: Any) -> bool:
 @pytest.mark.parametrize("name", sorted(BENCHMARKS))
 def test_benchmark_json_structure(name: str, dry_run: tuple[Path, dict[str, Any]]) -> None:
     out, payloads = dry_run
-    data = json.loads((out / f"{name}.json").read_text())
-    assert data == payloads[name]
+    data = payloads[name]
     assert (out / f"{name}.md").read_text().startswith("# ")
-    assert data["benchmark"] == name and data["date"] and data["command"]
+    assert data["benchmark"] == name and data["date"]
+    # the command that reproduces it, as typed (Hydra's overrides)
+    assert (
+        data["command"].startswith("python -m advtrain bench ") and "bench=all" in data["command"]
+    )
     assert data["machine"]["torch_threads"] == 1 and data["machine"]["cores"] >= 1
     assert data["settings"] == {**get_benchmark(name).DEFAULTS, **get_benchmark(name).TINY}
     for t in data["targets"]:
@@ -596,8 +579,16 @@ def test_benchmark_json_structure(name: str, dry_run: tuple[Path, dict[str, Any]
     elif name == "fastpath":
         assert r["recommended_auto"]["device"] == "cpu"
         assert r["recommended_auto"]["autocast"] is None  # bf16 not eligible on CPU by policy
+        # where the CPU fails the channels_last self-check the layout is left out, with the reason
+        skipped = r["skipped_variants"]
+        assert set(skipped) <= {"cl_fp32"}
+        assert all("unsafe on this CPU" in why for why in skipped.values())
+        ran = [v for v in ("nchw_fp32", "cl_fp32", "nchw_bf16") if v not in skipped]
+        if skipped:
+            assert r["recommended_auto"]["channels_last"] is False
         for m in r["models"].values():
             for p in ("train", "attack"):
-                for v in ("nchw_fp32", "cl_fp32", "nchw_bf16"):
+                for v in ran:
                     assert _finite_positive(m["passes"][p][v]["median_s"])
-                assert m["checks"][f"cl_fp32/{p}"]["correct"]  # channels_last is exact fp32
+                if "cl_fp32" in ran:
+                    assert m["checks"][f"cl_fp32/{p}"]["correct"]  # channels_last is exact fp32

@@ -8,6 +8,11 @@ math may not). No timing is asserted anywhere.
 from __future__ import annotations
 
 import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,30 +20,160 @@ import torch.nn.functional as F
 
 from advtrain.bench.fast_paths import _correct, _errors, _reference, _Variant, parse_variant
 from advtrain.bench.harness import build_trainer, train_config
+from advtrain.engine import fastpath
 from advtrain.engine.fastpath import (
-    FastPaths,
+    ProbeResult,
     configure_cudnn,
     fast_path_defaults,
     resolve_fast_paths,
+    run_probe,
 )
 from advtrain.errors import ConfigError
 from advtrain.models import build_model
+from advtrain.utils.cpu import CpuInfo, cpu_info
 
 CPU = torch.device("cpu")
 CUDA = torch.device("cuda")  # a device object only: nothing runs on it
 
 
-def test_auto_resolves_per_device_table() -> None:
-    cpu = resolve_fast_paths({}, CPU)
-    assert cpu == FastPaths(
-        channels_last=True, autocast_dtype=None, compile=False, cudnn_benchmark=False
+def _cpu(isa_class: str) -> CpuInfo:
+    return CpuInfo(
+        model="Test CPU",
+        machine="x86_64",
+        flags=("avx2",),
+        aten_capability="AVX2",
+        isa_cap=None,
+        hardware_class=isa_class,
+        isa_class=isa_class,
     )
+
+
+@pytest.mark.parametrize(
+    "isa_class,probe_ok,expected",
+    [
+        ("avx512_amx", True, True),
+        ("avx512", True, True),
+        ("avx512", False, False),  # measured class, but this machine fails the self-check
+        ("avx2", True, False),  # the broken oneDNN kernel: off whatever a probe says
+        ("other", True, False),  # not measured: the safe layout
+    ],
+)
+def test_cpu_auto_channels_last_is_decided_per_cpu_class(
+    monkeypatch: pytest.MonkeyPatch, isa_class: str, probe_ok: bool, expected: bool
+) -> None:
+    calls = []
+
+    def fake_probe(info=None, **kw):
+        calls.append(info)
+        return ProbeResult(probe_ok, "self-check passed 40 cases" if probe_ok else "died")
+
+    monkeypatch.setattr(fastpath, "cpu_info", lambda: _cpu(isa_class))
+    monkeypatch.setattr(fastpath, "run_probe", fake_probe)
+    fp = resolve_fast_paths({}, CPU)
+    assert fp.channels_last is expected
+    assert (fp.autocast_dtype, fp.compile, fp.cudnn_benchmark) == (None, False, False)
+    # the probe only runs where the table would switch the layout on
+    assert len(calls) == (1 if fastpath.CPU_CHANNELS_LAST.get(isa_class, (False,))[0] else 0)
+    line = fp.describe()
+    assert line.startswith(f"fast paths: channels_last={'on' if expected else 'off'}")
+    assert f"Test CPU (oneDNN class {isa_class})" in line
+    if isa_class == "avx2":
+        assert "docs/cpu_fast_paths.md" in line
+    # an explicit value is never second-guessed
+    assert resolve_fast_paths({"channels_last": True}, CPU).channels_last
+    assert len(calls) == (1 if fastpath.CPU_CHANNELS_LAST.get(isa_class, (False,))[0] else 0)
+
+
+def test_auto_on_this_machine_agrees_with_its_class_and_self_check(
+    channels_last_safe: bool,
+) -> None:
+    info = cpu_info()
+    listed_on = fastpath.CPU_CHANNELS_LAST.get(info.isa_class, (False, ""))[0]
+    fp = resolve_fast_paths({}, CPU)
+    assert fp.channels_last == (listed_on and channels_last_safe)
+    assert info.model in fp.why
     cuda = resolve_fast_paths({"channels_last": "auto", "autocast": "auto"}, CUDA)
     assert cuda.channels_last and cuda.autocast_dtype is torch.bfloat16
     assert cuda.cudnn_benchmark and not cuda.compile
     # the pre-existing two-value API agrees with the full resolution
-    assert fast_path_defaults({}, CPU) == (True, None)
+    assert fast_path_defaults({}, CPU) == (fp.channels_last, None)
     assert fast_path_defaults({}, CUDA) == (True, torch.bfloat16)
+
+
+@pytest.mark.parametrize(
+    "cap,expected",
+    [("AVX2", "avx2"), ("avx2", "avx2"), ("AVX512_CORE", "avx512"), ("ALL", None)],
+)
+def test_onednn_isa_cap_lowers_the_class(
+    monkeypatch: pytest.MonkeyPatch, cap: str, expected: str | None
+) -> None:
+    hw = cpu_info().hardware_class
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+    info = cpu_info()
+    assert info.isa_cap == cap and info.hardware_class == hw
+    rank = ["other", "sse", "avx", "avx2", "avx512", "avx512_amx"]
+    if expected is None or rank.index(expected) >= rank.index(hw):
+        assert info.isa_class == hw  # a cap above the hardware changes nothing
+    else:
+        assert info.isa_class == expected
+    assert cap in info.describe()
+
+
+def test_probe_treats_a_crash_or_a_wrong_answer_as_unsafe() -> None:
+    crash = run_probe(command=[sys.executable, "-c", "import os; os.abort()"])
+    assert not crash.ok and "exit code" in crash.detail and not crash.cached
+    wrong = json.dumps(
+        {"ok": False, "cases": 3, "failed": [{"case": "conv1x1", "threads": 1, "errors": {}}]}
+    )
+    bad = run_probe(command=[sys.executable, "-c", f"print({wrong!r})"])
+    assert not bad.ok and "failed 1 of 3 cases, e.g. conv1x1" in bad.detail
+    silent = run_probe(command=[sys.executable, "-c", "print('hello')"])
+    assert not silent.ok and "no result" in silent.detail
+    good = json.dumps({"ok": True, "cases": 3, "failed": []})
+    assert run_probe(command=[sys.executable, "-c", f"print({good!r})"]).ok
+
+
+def test_probe_result_is_cached_per_cpu(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, channels_last_safe: bool
+) -> None:
+    monkeypatch.setenv("ADVTRAIN_CACHE_DIR", str(tmp_path))
+    first = run_probe()
+    assert first.ok == channels_last_safe and not first.cached
+    again = run_probe()
+    assert again.cached and again.ok == first.ok and again.detail == first.detail
+    stored = json.loads((tmp_path / "fastpath_probe.json").read_text())
+    (entry,) = stored.values()
+    assert entry["cpu"] == cpu_info().describe()
+
+
+@pytest.mark.slow  # two child interpreters with torch
+@pytest.mark.skipif(
+    not torch.__version__.startswith("2.14.1")
+    or cpu_info().hardware_class not in ("avx2", "avx512", "avx512_amx"),
+    reason="documents the defect of torch 2.14.1's oneDNN on x86 CPUs with AVX2",
+)
+def test_probe_catches_the_avx2_defect_and_auto_turns_channels_last_off(tmp_path: Path) -> None:
+    """On any AVX2-capable x86 CPU, capping oneDNN at AVX2 takes the broken kernel: the probe
+    (and so `auto`) must say no, in a child process, without harm to this one."""
+    code = (
+        "import json, torch; from advtrain.engine.fastpath import resolve_fast_paths, run_probe; "
+        "fp = resolve_fast_paths({}, torch.device('cpu')); "
+        "print(json.dumps({'cl': fp.channels_last, 'why': fp.why}))"
+    )
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "ADVTRAIN_CACHE_DIR": str(tmp_path)}
+    r = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["cl"] is False and "oneDNN class avx2" in out["why"]
+    # the class table alone switches it off; the probe itself must fail there as well
+    code = "from advtrain.engine.fastpath import run_probe; r = run_probe(); print(r.ok); print(r.detail)"
+    r = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[0] == "False", r.stdout
 
 
 def test_explicit_values_win_over_auto() -> None:
@@ -115,22 +250,29 @@ def _model(name: str) -> torch.nn.Module:
 @pytest.mark.parametrize(
     "name", ["small_cnn", pytest.param("preact_resnet18", marks=pytest.mark.slow)]
 )
-def test_channels_last_matches_nchw_losses_and_gradients(name: str) -> None:
+def test_channels_last_matches_nchw_losses_and_gradients(
+    name: str, channels_last_safe: bool
+) -> None:
     """Eval-mode input gradients (what the attack uses) and train-mode loss + weight gradients
-    (what the optimiser uses): channels_last is as close to float64 as NCHW is."""
+    (what the optimiser uses): the layout `auto` picks on this CPU is as close to float64 as
+    NCHW is. channels_last is checked wherever the self-check allows running it in-process
+    (on the broken AVX2 kernel it would abort the session, docs/cpu_fast_paths.md)."""
+    auto_variant = "cl_fp32" if resolve_fast_paths({}, CPU).channels_last else "nchw_fp32"
+    variants = ("nchw_fp32", "cl_fp32") if channels_last_safe else ("nchw_fp32",)
+    assert auto_variant in variants  # auto never picks a layout that failed the self-check
     base = _model(name)
     gen = torch.Generator().manual_seed(1)
     x = torch.rand(8, 3, 32, 32, generator=gen)
     y = torch.randint(0, 10, (8,), generator=gen)
     ref = _reference(base, x, y)
     errs = {}
-    for v in ("nchw_fp32", "cl_fp32"):
+    for v in variants:
         sv = _Variant(v, base, CPU)
         xv = sv.prep(x)
         assert xv.is_contiguous(memory_format=sv.fmt)
         got = {"attack": sv.attack_pass(xv, y), "train": sv.train_loss_and_grad(xv, y)}
         errs[v] = {p: _errors(ref[p], got[p]) for p in got}
-    for v in ("nchw_fp32", "cl_fp32"):
+    for v in variants:
         for p in ("attack", "train"):
             assert _correct("fp32", errs[v][p]), errs
         # eval mode has no BatchNorm coupling: the input gradient is accurate to roundoff
@@ -138,6 +280,7 @@ def test_channels_last_matches_nchw_losses_and_gradients(name: str) -> None:
         assert errs[v]["attack"]["loss_rel_err"] < 1e-6, errs
 
 
+@pytest.mark.usefixtures("require_channels_last")
 def test_channels_last_trainer_gives_the_nchw_training_loss() -> None:
     """The trainer with channels_last (the CPU auto default) computes the same loss and the same
     update as an NCHW trainer from the same weights, on the same adversarial batch."""
@@ -176,6 +319,7 @@ def test_channels_last_trainer_gives_the_nchw_training_loss() -> None:
     assert torch.allclose(grads[True], grads[False], rtol=1e-3, atol=1e-6)
 
 
+@pytest.mark.usefixtures("require_channels_last")
 def test_channels_last_attack_pass_keeps_format_and_values() -> None:
     from advtrain.attacks import pgd
 

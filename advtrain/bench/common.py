@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from advtrain.errors import ConfigError
+from advtrain.utils.cpu import cpu_info
 
 log = logging.getLogger(__name__)
 
@@ -132,20 +133,14 @@ def check_settings(
 # --------------------------------------------------------------------------------------------
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine_info(device: torch.device) -> dict[str, Any]:
-    """CPU model, cores, torch version, threads, load average and the GPU (if used)."""
+    """CPU model and vector extensions, cores, torch version, threads, load average, the GPU."""
+    cpu = cpu_info()
     info: dict[str, Any] = {
-        "cpu": _cpu_model(),
+        "cpu": cpu.model,
+        "cpu_extensions": list(cpu.flags),
+        "onednn_class": cpu.isa_class,
+        "onednn_isa_cap": cpu.isa_cap,
         "cores": os.cpu_count(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
@@ -408,7 +403,14 @@ def write_result(result: BenchResult, ctx: BenchContext) -> dict[str, Any]:
         "",
         f"- command: `{ctx.command}`",
         f"- date: {payload['date']}",
-        f"- machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, "
+        f"- machine: {m['cpu']} ({', '.join(m.get('cpu_extensions') or []) or 'no AVX'}; "
+        f"oneDNN class {m.get('onednn_class')}"
+        + (
+            f", capped by ONEDNN_MAX_CPU_ISA={m['onednn_isa_cap']}"
+            if m.get("onednn_isa_cap")
+            else ""
+        )
+        + f"), {m['cores']} cores, torch {m['torch']}, "
         f"{m['torch_threads']} threads, device {m['device']}"
         + (f" ({m['gpu']})" if "gpu" in m else "")
         + (

@@ -1,65 +1,256 @@
-"""Which fast paths a run uses: memory format, autocast, torch.compile and cuDNN autotuning, per device.
+"""Which fast paths a run uses: memory format, autocast, torch.compile and cuDNN autotuning.
 
-`auto` picks what measured fastest *and correct* for the device (`python -m advtrain bench
-bench=fastpath`, results in results/bench/fastpath.md and README.md); an explicit value always wins.
+`auto` picks what measured fastest *and correct* for the device, and on the CPU for the CPU's
+class (`advtrain.utils.cpu`: the instruction set oneDNN runs), never for the device type alone:
+the same torch build runs other convolution kernels on an AVX2-only CPU than on an AVX-512 one.
+An explicit value always wins. Measurements: `python -m advtrain bench bench=fastpath`, results
+in results/bench/fastpath*.md; the AVX2 defect: docs/cpu_fast_paths.md.
 
-Measured choices (results/bench/fastpath.md; 2-core Xeon with AVX-512 + AMX, torch 2.14, CPU):
+CPU, channels_last (fp32), by oneDNN class:
 
-* CPU, channels_last: ON. oneDNN convolutions run faster on NHWC activations: training step
-  1.25-1.39x (small CNN) and 1.02-1.30x at 1 thread / 1.14x at 2 threads (PreActResNet-18),
-  attack passes 1.01-1.34x; never slower, and losses and gradients are as close to a float64
-  reference as NCHW's.
-* CPU, bf16 autocast: OFF, by policy rather than speed. On this AMX CPU it was 1.5-3x *faster*
-  and within mixed-precision tolerance, but it changes the numbers of every CPU run (input
-  gradients 13-23% off in relative L2, 5-7% of their signs flipped), CPU runs here are tests and
-  reproducibility checks, and CPUs without AMX / AVX512-BF16 emulate it slowly. Opt in with
-  trainer.autocast=bf16.
+* avx512_amx (2-core Xeon with AVX-512 + AMX, torch 2.14.1): ON. Training step 0.77x, attack pass
+  0.86x the NCHW time (geometric mean over small CNN and PreActResNet-18), as exact as NCHW.
+* avx512 (2-core AMD EPYC Zen 4, AVX-512 without AMX, torch 2.14.1): ON. Training step 0.86x,
+  attack pass 0.90x, as exact as NCHW.
+* avx2 (AMD EPYC AVX2-only; also an AVX-512 CPU with ONEDNN_MAX_CPU_ISA=AVX2): OFF. oneDNN's AVX2
+  weight-gradient kernel for stride-2 1x1 convolutions with few input channels writes outside
+  its buffers in channels_last: the interpreter aborts ("double free or corruption") or the
+  weight gradients come out wrong (relative error 1.13 on a width-4 PreActResNet-18).
+* anything else (unmeasured, or not x86): OFF.
+
+Where the table says ON, `auto` also needs this machine to pass a self-check
+(`advtrain.engine.fastpath_probe`, run once in a child process so a native crash cannot take
+the run down, cached per CPU, torch version and oneDNN cap); a failed check means OFF.
+
+Other fast paths:
+
+* CPU, bf16 autocast: OFF, by policy rather than speed. On AVX-512 CPUs it is ~2x faster but
+  changes the numbers of every CPU run (input gradients 13-23% off in relative L2, 5-7% of their
+  signs flipped); CPU runs here are tests and reproducibility checks, and CPUs without
+  AVX512-BF16/AMX emulate it slowly. Opt in with trainer.autocast=bf16.
 * CPU, torch.compile: OFF. Attack passes ran 0.67-0.91x (slower), training passes 1.0-1.3x,
   so a 5-step adversarial step was 1.12-1.14x slower, plus compilation per model and mode.
 * CUDA, channels_last + bf16 autocast: ON (tensor cores need NHWC and 16-bit inputs); the GPU
-  figures come from scripts/bench_gpu.sh (pending: no GPU was available when this was written).
-  cuDNN autotuning (cudnn.benchmark) is on unless the run asks for deterministic kernels: input
-  shapes are fixed during training. torch.compile stays off until measured.
+  figures come from scripts/bench_gpu.sh. cuDNN autotuning (cudnn.benchmark) is on unless the
+  run asks for deterministic kernels: input shapes are fixed during training. torch.compile
+  stays off until measured.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from advtrain.errors import ConfigError
+from advtrain.utils.cpu import CpuInfo, cpu_info
 
-__all__ = ["FastPaths", "configure_cudnn", "fast_path_defaults", "resolve_fast_paths"]
+__all__ = [
+    "CPU_CHANNELS_LAST",
+    "FastPaths",
+    "ProbeResult",
+    "cache_dir",
+    "configure_cudnn",
+    "cpu_channels_last_auto",
+    "fast_path_defaults",
+    "resolve_fast_paths",
+    "run_probe",
+]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class FastPaths:
-    """The resolved fast-path settings of one run."""
+    """The resolved fast-path settings of one run; `why` says how each `auto` was decided."""
 
     channels_last: bool
     autocast_dtype: torch.dtype | None
     compile: bool
     cudnn_benchmark: bool = False
+    why: str = field(default="", compare=False)
+
+    def describe(self) -> str:
+        """The one line a run prints at its start."""
+        on = {True: "on", False: "off"}
+        ac = (
+            "off" if self.autocast_dtype is None else str(self.autocast_dtype).replace("torch.", "")
+        )
+        line = (
+            f"fast paths: channels_last={on[self.channels_last]}, autocast={ac}, "
+            f"compile={on[self.compile]}"
+        )
+        if self.cudnn_benchmark:
+            line += ", cudnn.benchmark=on"
+        return f"{line} ({self.why})" if self.why else line
 
 
-#: What `auto` means per device type (see the module docstring for the measurements).
-_AUTO: dict[str, FastPaths] = {
-    "cpu": FastPaths(channels_last=True, autocast_dtype=None, compile=False),
-    "cuda": FastPaths(
-        channels_last=True, autocast_dtype=torch.bfloat16, compile=False, cudnn_benchmark=True
+#: channels_last on the CPU under `auto`, by oneDNN class (see the module docstring).
+CPU_CHANNELS_LAST: dict[str, tuple[bool, str]] = {
+    "avx512_amx": (True, "measured faster and exact (Xeon AVX-512 + AMX, torch 2.14.1)"),
+    "avx512": (True, "measured faster and exact (AMD EPYC Zen 4 AVX-512, torch 2.14.1)"),
+    "avx2": (
+        False,
+        "oneDNN's AVX2 channels_last weight-gradient kernel is broken (heap "
+        "corruption, wrong gradients: docs/cpu_fast_paths.md)",
     ),
 }
-_OTHER = FastPaths(channels_last=False, autocast_dtype=None, compile=False)
+
+#: Classes where the layout is not merely unmeasured but known to compute wrong results.
+KNOWN_BROKEN = frozenset({"avx2"})
+
+#: What `auto` means for the other settings, per device type.
+_AUTO_AUTOCAST = {"cuda": torch.bfloat16}
+_AUTO_CUDNN_BENCHMARK = {"cuda": True}
 
 _TRUE = (True, "true", "on", "yes", 1)
 _FALSE = (False, None, "false", "off", "no", 0)
 
+PROBE_VERSION = 1
 
-def _flag(name: str, value: Any, auto: bool) -> bool:
+
+@dataclass(frozen=True)
+class ProbeResult:
+    ok: bool
+    detail: str
+    cached: bool = False
+
+
+def cache_dir() -> Path:
+    """Where per-machine results (the fast-path self-check) are kept between runs."""
+    env = os.environ.get("ADVTRAIN_CACHE_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "advtrain"
+
+
+def _cache_path() -> Path:
+    return cache_dir() / "fastpath_probe.json"
+
+
+def _read_cache() -> dict[str, Any]:
+    try:
+        data = json.loads(_cache_path().read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_cache(key: str, entry: dict[str, Any]) -> None:
+    """Best effort: an unwritable cache only means the probe runs again next time."""
+    path = _cache_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = _read_cache()
+        data[key] = entry
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".fastpath_probe.")
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1)
+        os.replace(tmp, path)
+    except OSError as e:
+        log.debug("could not cache the fast-path self-check in %s: %s", path, e)
+
+
+PROBE_COMMAND = (sys.executable, "-m", "advtrain.engine.fastpath_probe")
+
+
+def run_probe(
+    info: CpuInfo | None = None,
+    *,
+    use_cache: bool = True,
+    command: Sequence[str] = PROBE_COMMAND,
+) -> ProbeResult:
+    """Run (or recall) the channels_last self-check for this CPU in a child process.
+
+    The child prints one JSON line (`fastpath_probe.main`); a crash, a timeout or anything
+    else counts as a failed check. `command` replaces the child (tests inject crashes); only
+    the real check is cached.
+    """
+    info = info or cpu_info()
+    key = f"v{PROBE_VERSION}|{info.signature()}"
+    real = tuple(command) == PROBE_COMMAND
+    use_cache = use_cache and real
+    if use_cache:
+        hit = _read_cache().get(key)
+        if isinstance(hit, dict) and isinstance(hit.get("ok"), bool):
+            return ProbeResult(hit["ok"], str(hit.get("detail", "")), cached=True)
+    try:
+        r = subprocess.run(list(command), capture_output=True, text=True, timeout=300)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return ProbeResult(False, f"self-check did not run: {e}")
+    if r.returncode != 0:
+        res = ProbeResult(False, _death(r.returncode, r.stdout, r.stderr))
+    else:
+        try:
+            out = json.loads(r.stdout.strip().splitlines()[-1])
+            failed = out["failed"]
+        except (ValueError, IndexError, KeyError, TypeError):
+            return ProbeResult(False, f"self-check printed no result: {r.stdout[-200:]!r}")
+        if failed:
+            worst = failed[0]
+            res = ProbeResult(
+                False,
+                f"self-check failed {len(failed)} of {out['cases']} cases, e.g. {worst['case']} "
+                f"at {worst['threads']} thread(s): relative errors {worst['errors']}",
+            )
+        else:
+            res = ProbeResult(True, f"self-check passed {out['cases']} cases")
+    if real:
+        _write_cache(key, {"ok": res.ok, "detail": res.detail, "cpu": info.describe()})
+    return res
+
+
+def _death(code: int, stdout: str, stderr: str) -> str:
+    """What a dead self-check says: the signal or exit code, the case it was running, libc's words."""
+    how = f"exit code {code}"
+    if code < 0:
+        try:
+            how = f"{signal.Signals(-code).name} (exit code {code})"
+        except ValueError:
+            pass
+    running = [ln for ln in stdout.splitlines() if ln.startswith("running: ")]
+    where = f" while {running[-1][len('running: ') :]}" if running else ""
+    # glibc's heap checks ("double free or corruption", "free(): invalid size") and Python's
+    # fatal-error header say what happened; faulthandler's stack dump around them does not.
+    words = [
+        ln.strip()
+        for ln in stderr.splitlines()
+        if "free" in ln or "corruption" in ln or ln.startswith("Fatal Python error")
+    ]
+    said = f" ({'; '.join(words[:2])})" if words else ""
+    return f"self-check process died with {how}{where}{said}"
+
+
+def cpu_channels_last_auto(info: CpuInfo | None = None) -> tuple[bool, str]:
+    """(channels_last, reason) that `auto` means on this CPU: the class table, then the self-check."""
+    info = info or cpu_info()
+    on, why = CPU_CHANNELS_LAST.get(
+        info.isa_class, (False, "not measured on this CPU class, so the safe NCHW layout")
+    )
+    if not on:
+        return False, f"{info.short()}: {why}"
+    probe = run_probe(info)
+    if not probe.ok:
+        return False, f"{info.short()}: {probe.detail}"
+    cached = ", cached" if probe.cached else ""
+    return True, f"{info.short()}: {why}; {probe.detail}{cached}"
+
+
+def _flag(name: str, value: Any) -> bool | None:
+    """True/False for an explicit setting, None for `auto`."""
     if value == "auto":
-        return auto
+        return None
     if value in _TRUE:
         return True
     if value in _FALSE:
@@ -68,22 +259,43 @@ def _flag(name: str, value: Any, auto: bool) -> bool:
 
 
 def resolve_fast_paths(t: dict[str, Any], device: torch.device) -> FastPaths:
-    """The fast paths for trainer config `t` on `device`; `auto` (the default) -> the table above."""
-    auto = _AUTO.get(device.type, _OTHER)
-    channels_last = _flag("channels_last", t.get("channels_last", "auto"), auto.channels_last)
+    """The fast paths for trainer config `t` on `device`; `auto` (the default) per the table above."""
+    why: list[str] = []
+    channels_last = _flag("channels_last", t.get("channels_last", "auto"))
+    if channels_last is None:
+        if device.type == "cuda":
+            channels_last = True
+            why.append("channels_last auto: on for CUDA")
+        elif device.type == "cpu":
+            channels_last, reason = cpu_channels_last_auto()
+            why.append(f"channels_last auto on {reason}")
+        else:
+            channels_last = False
+            why.append(f"channels_last auto: off on {device.type}")
+    elif channels_last and device.type == "cpu" and cpu_info().isa_class in KNOWN_BROKEN:
+        info = cpu_info()
+        log.warning(
+            "trainer.channels_last=true on %s: %s; set trainer.channels_last=auto",
+            info.describe(),
+            CPU_CHANNELS_LAST[info.isa_class][1],
+        )
     ac = t.get("autocast", "auto")
     if ac == "auto":
-        dtype = auto.autocast_dtype
+        dtype = _AUTO_AUTOCAST.get(device.type)
     elif ac in _FALSE:
         dtype = None
     elif ac == "bf16":
         dtype = torch.bfloat16
     else:
         raise ConfigError(f"trainer.autocast={ac!r}: use auto, bf16 or false")
-    compiled = _flag("compile", t.get("compile", "auto"), auto.compile)
+    compiled = _flag("compile", t.get("compile", "auto"))
     deterministic = bool(t.get("deterministic", False))
     return FastPaths(
-        channels_last, dtype, compiled, cudnn_benchmark=auto.cudnn_benchmark and not deterministic
+        channels_last,
+        dtype,
+        bool(compiled),
+        cudnn_benchmark=_AUTO_CUDNN_BENCHMARK.get(device.type, False) and not deterministic,
+        why="; ".join(why),
     )
 
 

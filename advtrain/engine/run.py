@@ -25,7 +25,7 @@ from advtrain.engine.build import (
     build_optimization,
     validate_config,
 )
-from advtrain.engine.fastpath import fast_path_defaults
+from advtrain.engine.fastpath import resolve_fast_paths
 from advtrain.engine.trainer import EvalSet, Trainer, check_resume_compatible
 from advtrain.errors import AdvtrainError, CheckpointError, ConfigError, DataError
 from advtrain.utils import distributed as dist_utils
@@ -95,7 +95,10 @@ def _run(cfg: dict[str, Any], env: DistEnv, device: torch.device) -> dict[str, A
     _on_rank0(env, lambda: _check_writable(run_dir))
     t = cfg["trainer"]
     seed_everything(int(cfg["seed"]), deterministic=bool(t.get("deterministic", False)))
-    channels_last, autocast_dtype = fast_path_defaults(t, device)
+    fast = resolve_fast_paths(t, device)
+    channels_last, autocast_dtype = fast.channels_last, fast.autocast_dtype
+    if env.is_main:
+        log.info("%s", fast.describe())
     global_batch = int(cfg["data"]["batch_size"])
     per_rank = dist_utils.per_rank_batch_size(global_batch, env.world_size)
     if env.is_distributed and env.is_main:
