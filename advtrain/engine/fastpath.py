@@ -10,8 +10,8 @@ CPU, channels_last (fp32), by oneDNN class:
 
 * avx512_amx (2-core Xeon with AVX-512 + AMX, torch 2.14.1): ON. Training step 0.77x, attack pass
   0.86x the NCHW time (geometric mean over small CNN and PreActResNet-18), as exact as NCHW.
-* avx512 (2-core AMD EPYC Zen 4, AVX-512 without AMX, torch 2.14.1): ON. Training step 0.86x,
-  attack pass 0.90x, as exact as NCHW.
+* avx512 (2-core AMD EPYC Zen 4, AVX-512 without AMX, torch 2.14.1): ON. Training step 0.88x,
+  attack pass 0.91x, as exact as NCHW.
 * avx2 (AMD EPYC AVX2-only; also an AVX-512 CPU with ONEDNN_MAX_CPU_ISA=AVX2): OFF. oneDNN's AVX2
   weight-gradient kernel for stride-2 1x1 convolutions with few input channels writes outside
   its buffers in channels_last: the interpreter aborts ("double free or corruption") or the
@@ -30,8 +30,12 @@ Other fast paths:
   AVX512-BF16/AMX emulate it slowly. Opt in with trainer.autocast=bf16.
 * CPU, torch.compile: OFF. Attack passes ran 0.67-0.91x (slower), training passes 1.0-1.3x,
   so a 5-step adversarial step was 1.12-1.14x slower, plus compilation per model and mode.
-* CUDA, channels_last + bf16 autocast: ON (tensor cores need NHWC and 16-bit inputs); the GPU
-  figures come from scripts/bench_gpu.sh. cuDNN autotuning (cudnn.benchmark) is on unless the
+* CUDA, channels_last + bf16 autocast: ON (tensor cores need NHWC and 16-bit inputs) for the
+  natural forward/backward; the GPU figures come from scripts/bench_gpu.sh.
+* Attacks: fp32 on every device, whatever `autocast` says (the precision policy,
+  `resolve_attack_autocast`): the training attack and the adversarial forward of the loss stay
+  fp32 (TF32 where PyTorch's defaults allow it); bf16 there is an explicit opt-in,
+  trainer.autocast_attack=bf16, logged as a warning. Its cost on a GPU: bench=attack_precision. cuDNN autotuning (cudnn.benchmark) is on unless the
   run asks for deterministic kernels: input shapes are fixed during training. torch.compile
   stays off until measured.
 """
@@ -63,6 +67,7 @@ __all__ = [
     "configure_cudnn",
     "cpu_channels_last_auto",
     "fast_path_defaults",
+    "resolve_attack_autocast",
     "resolve_fast_paths",
     "run_probe",
 ]
@@ -79,6 +84,9 @@ class FastPaths:
     compile: bool
     cudnn_benchmark: bool = False
     why: str = field(default="", compare=False)
+    #: The attack's and the adversarial forward's autocast (`trainer.autocast_attack`): None (fp32,
+    #: the default on every device) unless explicitly opted in.
+    attack_autocast_dtype: torch.dtype | None = None
 
     def describe(self) -> str:
         """The one line a run prints at its start."""
@@ -86,9 +94,14 @@ class FastPaths:
         ac = (
             "off" if self.autocast_dtype is None else str(self.autocast_dtype).replace("torch.", "")
         )
+        attack = (
+            "fp32"
+            if self.attack_autocast_dtype is None
+            else str(self.attack_autocast_dtype).replace("torch.", "")
+        )
         line = (
-            f"fast paths: channels_last={on[self.channels_last]}, autocast={ac}, "
-            f"compile={on[self.compile]}"
+            f"fast paths: channels_last={on[self.channels_last]}, autocast={ac} "
+            f"(attack {attack}), compile={on[self.compile]}"
         )
         if self.cudnn_benchmark:
             line += ", cudnn.benchmark=on"
@@ -296,7 +309,24 @@ def resolve_fast_paths(t: dict[str, Any], device: torch.device) -> FastPaths:
         bool(compiled),
         cudnn_benchmark=_AUTO_CUDNN_BENCHMARK.get(device.type, False) and not deterministic,
         why="; ".join(why),
+        attack_autocast_dtype=resolve_attack_autocast(t.get("autocast_attack", False)),
     )
+
+
+def resolve_attack_autocast(value: Any) -> torch.dtype | None:
+    """`trainer.autocast_attack`: false / fp32 (default) -> None, bf16 -> torch.bfloat16.
+
+    The precision policy: whatever `trainer.autocast` does for the natural pass, the training attack
+    (its forwards and input gradients) and the adversarial forward of the loss run in fp32 unless
+    this says bf16. There is no `auto`: bf16 attacks change what is trained (the TRADES/GKL start
+    x + 0.001 N(0, 1) and an early GKL eps_t are below bf16's resolution near pixel values 0.5-1,
+    so the first step's gradient signs are close to random), so only an explicit opt-in gets them.
+    """
+    if value in _FALSE or value == "fp32":
+        return None
+    if value == "bf16":
+        return torch.bfloat16
+    raise ConfigError(f"trainer.autocast_attack={value!r}: use false (fp32, the default) or bf16")
 
 
 def fast_path_defaults(t: dict[str, Any], device: torch.device) -> tuple[bool, torch.dtype | None]:
