@@ -117,46 +117,85 @@ def test_trades_attack_objective_is_per_sample_kl_with_constant_natural_side() -
 # ------------------------------------------------------------------------------------------------
 
 
-def _direct_mart(adv, nat, y, beta, eps_official: bool = False):
-    """MART per Wang et al. 2020, from the definition (optionally with the official fudge terms)."""
-    p_adv, p_nat = adv.softmax(1), nat.softmax(1)
-    wrong = p_adv.masked_fill(F.one_hot(y, adv.shape[1]).bool(), -1.0).max(1).values
-    q_y = p_nat.gather(1, y[:, None]).squeeze(1)
-    if eps_official:
-        boost = -torch.log(1.0001 - wrong + 1e-12)
-        kl = (p_nat * (p_nat.log() - torch.log(p_adv + 1e-12))).sum(1)
-        weight = 1.0000001 - q_y
-    else:
-        boost = -torch.log(1.0 - wrong)
-        kl = (p_nat * (p_nat.log() - p_adv.log())).sum(1)
-        weight = 1.0 - q_y
-    bce = -p_adv.gather(1, y[:, None]).squeeze(1).log() + boost
-    return bce.mean() + beta * (kl * weight).mean()
+def _official_mart(adv, nat, y, beta):
+    """MART as the official YisenWang/MART mart.py `mart_loss` (commit 2d83e17) computes it after the
+    attack, written out here from that code's operations:
+    p = softmax(adv); y' = the top class of p unless it is y, then the second (argsort of p);
+    loss_adv = CE(adv, y) + NLL(log(1.0001 - p + 1e-12), y');
+    loss_robust = (1 / B) sum_b [sum_k KLDivLoss(reduction=none)(log(p + 1e-12), q)_bk] * (1.0000001 - q_y)
+    with q = softmax(nat) not detached; loss = loss_adv + beta * loss_robust.
+    """
+    p = F.softmax(adv, dim=1)
+    top2 = torch.argsort(p, dim=1)[:, -2:]
+    y_wrong = torch.where(top2[:, -1] == y, top2[:, -2], top2[:, -1])
+    loss_adv = F.cross_entropy(adv, y) + F.nll_loss(torch.log(1.0001 - p + 1e-12), y_wrong)
+    q = F.softmax(nat, dim=1)
+    q_y = torch.gather(q, 1, y.unsqueeze(1)).squeeze()
+    kl = F.kl_div(torch.log(p + 1e-12), q, reduction="none").sum(dim=1)
+    loss_robust = (1.0 / adv.shape[0]) * torch.sum(kl * (1.0000001 - q_y))
+    return loss_adv + beta * loss_robust
 
 
-def test_mart_matches_direct_formula_value_and_gradients() -> None:
-    adv, nat, y = _logits(16, 10, 10), _logits(16, 10, 11), _labels(16, 10, 12)
-    out = MARTLoss(beta=6.0)(adv, nat, y)
-    ref = _direct_mart(adv, nat, y, 6.0)
-    torch.testing.assert_close(out.loss, ref, rtol=1e-10, atol=1e-12)
+def _check_mart_equals_official(adv, nat, y, beta=6.0, rtol=1e-10):
+    out = MARTLoss(beta=beta)(adv, nat, y)
+    ref = _official_mart(adv, nat, y, beta)
+    torch.testing.assert_close(out.loss, ref, rtol=rtol, atol=0.0)
     for g_ours, g_ref in zip(_grads(out.loss, adv, nat), _grads(ref, adv, nat)):
-        torch.testing.assert_close(g_ours, g_ref, rtol=1e-8, atol=1e-10)
-    # The official fudge constants change the value by ~1e-4 only.
-    official = _direct_mart(adv, nat, y, 6.0, eps_official=True)
-    torch.testing.assert_close(out.loss, official, rtol=2e-3, atol=1e-3)
+        # Saturated natural gradients are differences of O(1) terms that cancel to ~1e-12, so both
+        # sides carry float64 rounding of ~1e-16 absolute: compare with that floor.
+        atol = max(rtol * float(g_ref.abs().max()), 1e-15)
+        torch.testing.assert_close(g_ours, g_ref, rtol=rtol, atol=atol)
     torch.testing.assert_close(out.metrics["bce"] + out.metrics["robust"], out.loss.detach())
+    return out, ref
+
+
+def test_mart_equals_official_formula_value_and_gradients() -> None:
+    adv, nat, y = _logits(16, 10, 10), _logits(16, 10, 11), _labels(16, 10, 12)
+    _check_mart_equals_official(adv, nat, y)
+
+
+def test_mart_equals_official_formula_in_the_saturated_regime() -> None:
+    """Logit gaps of 30-60: wrong-class probabilities far below 1e-12 and 1 - p_max below 1e-4, so the
+    official guards dominate; without them the value and gradient would differ by several times."""
+    b, c = 16, 10
+    g = torch.Generator().manual_seed(40)
+    y = _labels(b, c, 41)
+    base = torch.randn(b, c, generator=g, dtype=DT)
+    # adv: a confident WRONG class (gap 40) for half the batch, a confident true class for the rest;
+    # nat: confident (gap 30-60) on the true class, so q_y is 1 - O(e^-30).
+    wrong = (y + 1) % c
+    hot = torch.where(torch.arange(b) % 2 == 0, wrong, y)
+    adv = (base + 40.0 * F.one_hot(hot, c)).requires_grad_(True)
+    gap = 30.0 + 30.0 * torch.rand(b, 1, generator=g, dtype=DT)
+    nat = (base + gap * F.one_hot(y, c)).requires_grad_(True)
+    p = F.softmax(adv.detach(), 1)
+    assert float(p.min()) < 1e-15 and float((1 - p.max(1).values).max()) < 1e-12
+    out, ref = _check_mart_equals_official(adv, nat, y)
+    # The guards matter here: where y' is the confident wrong class the unguarded boosted term
+    # -log(1 - p_y') = logsumexp(adv) - logsumexp(adv without y') is about 40, the guarded one
+    # -log(1e-4) = 9.2.
+    z = adv.detach()
+    y_wrong = z.masked_fill(F.one_hot(y, c).bool(), float("-inf")).argmax(1)
+    rest = z.scatter(1, y_wrong[:, None], float("-inf"))
+    unguarded = torch.logsumexp(z, 1) - torch.logsumexp(rest, 1)
+    assert float(unguarded.max()) > 30.0
+    guarded = -torch.log(1.0001 - p.gather(1, y_wrong[:, None]).squeeze(1) + 1e-12)
+    assert float(unguarded.mean() - guarded.mean()) > 10.0
+    assert float(out.metrics["bce"]) == pytest.approx(
+        float(F.cross_entropy(z, y) + guarded.mean()), rel=1e-12
+    )
 
 
 def test_mart_boosted_term_picks_strongest_wrong_class_and_stays_finite() -> None:
-    # y = 0 is the top class; the strongest wrong class is 2. p_2 ~ 1 at logit gap 800.
+    # Label 1; the strongest wrong class is 0 with p_0 = 1 - O(e^-800).
     adv = torch.tensor([[800.0, -5.0, 0.0]], dtype=DT, requires_grad=True)
     nat = torch.zeros(1, 3, dtype=DT)
-    y1 = torch.tensor([1])  # label 1: the strongest wrong class is 0 with p_0 = 1 - O(e^-800)
+    y1 = torch.tensor([1])
     out = MARTLoss(beta=0.0)(adv, nat, y1)
     assert torch.isfinite(out.loss)
-    # -log p_1 = 805 (up to e^-800); -log(1 - p_0) = logsumexp(800,-5,0) - logsumexp(-5, 0)
-    expected = 805.0 + (800.0 - torch.logsumexp(torch.tensor([-5.0, 0.0], dtype=DT), 0))
-    torch.testing.assert_close(out.loss.detach(), expected, rtol=1e-12, atol=1e-9)
+    # CE = -log p_1 = 805 (exact log-softmax); boosted = -log(1.0001 - 1 + 1e-12) (the official guard).
+    expected = 805.0 - torch.log(torch.tensor(1.0001 - 1.0 + 1e-12, dtype=DT))
+    torch.testing.assert_close(out.loss.detach(), expected, rtol=1e-9, atol=1e-9)
     assert torch.isfinite(_grads(out.loss, adv)[0]).all()
 
 
