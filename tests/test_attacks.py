@@ -723,3 +723,18 @@ def test_every_scheduled_budget_is_a_valid_attack():
 def test_schedule_validation(build, match):
     with pytest.raises(ConfigError, match=match):
         build()
+
+
+def test_pgd_refuses_images_outside_the_unit_range() -> None:
+    """0-255 pixels and normalised inputs are named, never silently clamped into [0, 1]."""
+    from advtrain.errors import DataError
+
+    model = _cnn()
+    x, y = _batch()
+    with pytest.raises(DataError, match=r"attack inputs .*0-255 pixel values: divide by 255"):
+        pgd(model, x * 255, y, eps=8 / 255, step_size=2 / 255, steps=1)
+    with pytest.raises(DataError, match=r"normalised inputs"):
+        pgd(model, (x - 0.5) / 0.25, y, eps=8 / 255, step_size=2 / 255, steps=1)
+    with pytest.raises(DataError, match=r"NaN"):
+        pgd(model, torch.full_like(x, float("nan")), y, eps=8 / 255, step_size=2 / 255, steps=1)
+    pgd(model, x.clamp(0, 1), y, eps=8 / 255, step_size=2 / 255, steps=1)  # in range: fine

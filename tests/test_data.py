@@ -624,3 +624,37 @@ def test_aux_validation(tmp_path: Path) -> None:
     keys = _save(tmp_path / "d.npz", images=_rand_images(4), labels=np.zeros(4, np.int64))
     with pytest.raises(DataError, match="found: images, labels"):
         AuxDataset(keys)
+
+
+def test_loaders_refuse_float_images_and_name_the_cause(tmp_path: Path) -> None:
+    labels = torch.arange(8) % 10
+    pixels = torch.randint(0, 256, (8, 3, 32, 32)).float()
+    with pytest.raises(DataError, match=r"uint8 .*0-255 pixel values"):
+        TrainLoader(pixels, labels, batch_size=4)
+    with pytest.raises(DataError, match=r"normalised inputs"):
+        TrainLoader((pixels / 255 - 0.5) / 0.25, labels, batch_size=4)
+    with pytest.raises(DataError, match=r"multiply \[0, 1\] images by 255"):
+        list(iterate_batches(pixels / 255, labels, 4))
+    bad = tmp_path / "floats.npz"
+    np.savez(bad, image=np.random.default_rng(0).random((4, 32, 32, 3)) * 255, label=np.arange(4))
+    with pytest.raises(DataError, match=r"uint8 .*0-255 pixel values"):
+        AuxDataset(bad)
+
+
+def test_reflection_padding_matches_numpy_reflect() -> None:
+    """pad_mode=reflect (Rice et al.'s np.pad mode='reflect') changes only the padded pixels."""
+    x = torch.randint(0, 256, (6, 3, 8, 8), dtype=torch.uint8)
+    out = random_crop_flip(x, padding=4, flip=False, generator=_gen(3), pad_mode="reflect")
+    g = _gen(3)
+    off_y = torch.randint(0, 9, (6,), generator=g)
+    off_x = torch.randint(0, 9, (6,), generator=g)
+    padded = np.pad(x.numpy(), [(0, 0), (0, 0), (4, 4), (4, 4)], mode="reflect")
+    for i in range(6):
+        oy, ox = int(off_y[i]), int(off_x[i])
+        assert np.array_equal(out[i].numpy(), padded[i, :, oy : oy + 8, ox : ox + 8])
+    zeros = random_crop_flip(x, padding=4, flip=True, generator=_gen(3))
+    refl = random_crop_flip(x, padding=4, flip=True, generator=_gen(3), pad_mode="reflect")
+    inside = zeros != 0
+    assert torch.equal(zeros[inside], refl[inside])  # same crops and flips
+    with pytest.raises(ValueError, match="pad_mode"):
+        random_crop_flip(x, generator=_gen(3), pad_mode="edge")

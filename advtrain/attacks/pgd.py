@@ -38,6 +38,7 @@ from advtrain.attacks.threat import (
     per_sample_shape,
 )
 from advtrain.errors import ConfigError
+from advtrain.utils.images import check_unit_range
 
 if TYPE_CHECKING:
     from advtrain.attacks.schedule import AttackBudget
@@ -186,6 +187,9 @@ def pgd(
 ) -> Tensor:
     """PGD adversarial examples for ``model`` at ``(x, y)``: detached, in the ball and in [0, 1].
 
+    ``x`` must be float images in [0, 1]; anything else (0-255 pixels, normalised inputs) is a
+    :class:`~advtrain.errors.DataError` naming the likely cause, never silently clamped.
+
     ``objective``: a name from :data:`~advtrain.attacks.objectives.OBJECTIVES` or a callable
     ``(logits_adv, y, logits_nat | None) -> (B,)`` to maximise (its per-sample values are summed
     for the gradient). ``random_start``: ``True``/``"uniform"`` (uniform in the ball),
@@ -205,6 +209,7 @@ def pgd(
     mode = start_mode(random_start)
     objective_fn = get_objective(objective)
     _check_batch(x, y)
+    check_unit_range(x, "attack inputs")
     threat.validate_input(x)
     x = x.detach()
     y = y.detach()

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from advtrain.errors import ConfigError, DataError
+from advtrain.utils.images import likely_cause
 
 __all__ = [
     "DATASETS",
@@ -271,9 +272,17 @@ def validate_arrays(
     the classic off-by-one (1-based labels) that would otherwise surface as a CUDA assert.
     """
     if images.dtype != np.uint8:
+        detail = ""
+        if images.dtype.kind == "f" and images.size:
+            lo, hi = float(np.nanmin(images)), float(np.nanmax(images))
+            detail = f"; its values span [{lo:.4g}, {hi:.4g}]" + (
+                ", i.e. [0, 1] floats: multiply by 255 and round"
+                if 0.0 <= lo and hi <= 1.0
+                else f": {likely_cause(lo, hi)}"
+            )
         raise DataError(
             f"{source}: image has dtype {images.dtype}, expected uint8 pixels in 0..255 "
-            f"(re-save with images stored as uint8)"
+            f"(re-save with images stored as uint8){detail}"
         )
     expected = f"(N, {size or 'H'}, {size or 'W'}, {channels})" + (
         f" or (N, {size or 'H'}, {size or 'W'})" if channels == 1 else ""

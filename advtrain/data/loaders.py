@@ -23,8 +23,9 @@ from advtrain.data.autoaugment import autoaugment_cifar10
 from advtrain.data.autoaugment import cutout as apply_cutout
 from advtrain.data.datasets import DatasetInfo, get_info, load_arrays
 from advtrain.data.synthetic import AuxDataset
-from advtrain.data.transforms import random_crop_flip, to_float
+from advtrain.data.transforms import PAD_MODES, random_crop_flip, to_float
 from advtrain.errors import CheckpointError, ConfigError, DataError
+from advtrain.utils.images import likely_cause
 
 __all__ = ["Datasets", "TrainLoader", "iterate_batches", "make_datasets", "train_val_split"]
 
@@ -60,6 +61,16 @@ def _check_int(value: Any, name: str, minimum: int) -> int:
 
 
 def _check_pair(images: torch.Tensor, labels: torch.Tensor, what: str) -> None:
+    if isinstance(images, torch.Tensor) and images.is_floating_point() and images.numel():
+        lo, hi = (float(v) for v in torch.aminmax(images.detach()))
+        if 0.0 <= lo and hi <= 1.0:
+            hint = "multiply [0, 1] images by 255 and round them to uint8"
+        else:
+            hint = f"these are not even in [0, 1]: {likely_cause(lo, hi)}"
+        raise DataError(
+            f"{what}: images must be uint8 pixels 0..255 (the loader converts each batch to [0, 1]), "
+            f"got {images.dtype} values in [{lo:.4g}, {hi:.4g}]; {hint}"
+        )
     if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.dim() != 4:
         raise DataError(f"{what}: images must be a uint8 (N, C, H, W) tensor (see load_arrays)")
     if not isinstance(labels, torch.Tensor) or labels.dim() != 1 or labels.dtype != torch.int64:
@@ -81,7 +92,8 @@ class TrainLoader:
       dataset does not divide by ``world_size`` the permutation is padded by wrapping around (as
       ``DistributedSampler`` does; ``drop_last`` truncates instead), so every rank has the same
       number of equally sized batches and no rank waits in a collective.
-    * Augmentation (``augment``): zero-pad ``padding`` + random crop + horizontal flip (``flip``),
+    * Augmentation (``augment``): pad ``padding`` (``pad_mode``: zeros, or reflect as Rice et al.)
+      + random crop + horizontal flip (``flip``),
       seeded per batch from ``(seed, epoch, batch_index, rank)``.
     * Two views (``two_view``, the GKL AutoAugment recipe): each batch is
       ``([basic views; AutoAugment views], [y; y])`` with ``2 * batch_size`` rows. The basic half
@@ -114,6 +126,7 @@ class TrainLoader:
         world_size: int = 1,
         padding: int = 4,
         flip: bool = True,
+        pad_mode: str = "zeros",
         device: torch.device | str | None = None,
         two_view: bool = False,
         cutout: int = 0,
@@ -137,6 +150,9 @@ class TrainLoader:
         if self.rank >= self.world_size:
             raise ConfigError(f"rank must be < world_size ({world_size}), got {rank}")
         self.padding = _check_int(padding, "padding", 0)
+        if pad_mode not in PAD_MODES:
+            raise ConfigError(f"data.pad_mode={pad_mode!r}: use one of {', '.join(PAD_MODES)}")
+        self.pad_mode = pad_mode
         if not isinstance(aux_fraction, (int, float)) or not 0.0 <= aux_fraction < 1.0:
             raise ConfigError(f"aux_fraction must be in [0, 1), got {aux_fraction!r}")
         if aux_fraction > 0 and aux is None:
@@ -269,7 +285,9 @@ class TrainLoader:
         raw = x
         if self.augment:
             gen = _generator(derive_seed(_BATCH_STREAM, self.seed, epoch, index, self.rank))
-            x = random_crop_flip(x, padding=self.padding, flip=self.flip, generator=gen)
+            x = random_crop_flip(
+                x, padding=self.padding, flip=self.flip, generator=gen, pad_mode=self.pad_mode
+            )
         y = y.to(self.device)
         if self.two_view:
             x = torch.cat([x, self._second_view(raw, epoch, index)])
@@ -284,7 +302,9 @@ class TrainLoader:
         """
         gen = _generator(derive_seed(_VIEW2_STREAM, self.seed, epoch, index, self.rank))
         if self.augment:
-            x = random_crop_flip(x, padding=self.padding, flip=self.flip, generator=gen)
+            x = random_crop_flip(
+                x, padding=self.padding, flip=self.flip, generator=gen, pad_mode=self.pad_mode
+            )
         x = autoaugment_cifar10(x, generator=gen, fill=_AUTOAUG_FILL)
         if self.cutout:
             x = apply_cutout(x, self.cutout, generator=gen)

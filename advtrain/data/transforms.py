@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["random_crop_flip", "to_float"]
+__all__ = ["PAD_MODES", "random_crop_flip", "to_float"]
 
 
 def _check_uint8_batch(x: torch.Tensor, what: str) -> None:
@@ -20,14 +20,40 @@ def _check_uint8_batch(x: torch.Tensor, what: str) -> None:
         raise ValueError(f"{what} expects a uint8 (B, C, H, W) tensor, got {desc}")
 
 
+PAD_MODES = ("zeros", "reflect")
+
+
+def _reflect_index(n: int, padding: int, device: torch.device) -> torch.Tensor:
+    """Source index of each of the ``n + 2 * padding`` padded positions under reflection
+    (numpy's ``mode='reflect'``: the edge pixel is not repeated, [a b c] -> [c b | a b c | b a])."""
+    i = torch.arange(-padding, n + padding, device=device).abs()
+    return torch.where(i > n - 1, 2 * (n - 1) - i, i)
+
+
+def _pad(x: torch.Tensor, padding: int, mode: str) -> torch.Tensor:
+    if mode == "zeros":
+        return F.pad(x, (padding, padding, padding, padding))
+    h, w = x.shape[-2:]
+    if padding > min(h, w) - 1:
+        raise ValueError(f"reflection padding {padding} needs images larger than {padding + 1}px")
+    rows = _reflect_index(h, padding, x.device)
+    cols = _reflect_index(w, padding, x.device)
+    return x.index_select(2, rows).index_select(3, cols)
+
+
 def random_crop_flip(
     x: torch.Tensor,
     *,
     padding: int = 4,
     flip: bool = True,
     generator: torch.Generator,
+    pad_mode: str = "zeros",
 ) -> torch.Tensor:
-    """Zero-pad each image by ``padding``, crop back to (H, W) at a random offset, maybe flip.
+    """Pad each image by ``padding``, crop back to (H, W) at a random offset, maybe flip.
+
+    ``pad_mode``: ``"zeros"`` (torchvision's ``RandomCrop(32, padding=4)``, the TRADES/MART/GKL
+    scripts) or ``"reflect"`` (numpy ``mode='reflect'``, Rice et al.'s ``train_cifar.py``). The mode
+    changes only the padded pixels, never the random draws.
 
     Every sample gets its own offset in ``[0, 2 * padding]`` along each axis and (if ``flip``) a fair
     coin for a horizontal flip. Random draws, in this order, from ``generator`` (on its own device,
@@ -40,6 +66,8 @@ def random_crop_flip(
     _check_uint8_batch(x, "random_crop_flip")
     if padding < 0:
         raise ValueError(f"padding must be >= 0, got {padding}")
+    if pad_mode not in PAD_MODES:
+        raise ValueError(f"pad_mode={pad_mode!r}: use one of {', '.join(PAD_MODES)}")
     b, c, h, w = x.shape
     gdev = generator.device
     span = 2 * padding + 1
@@ -47,7 +75,7 @@ def random_crop_flip(
     off_x = torch.randint(0, span, (b,), generator=generator, device=gdev).to(x.device)
     if padding == 0 and not flip:
         return x.clone()
-    padded = F.pad(x, (padding, padding, padding, padding)) if padding else x
+    padded = _pad(x, padding, pad_mode) if padding else x
     rows = off_y[:, None] + torch.arange(h, device=x.device)  # (B, H)
     cols = torch.arange(w, device=x.device).expand(b, w)  # (B, W)
     if flip:

@@ -64,6 +64,7 @@ DATA_KEYS = {
     "batch_size",
     "eval_batch_size",
     "augment",
+    "pad_mode",
     "aux_path",
     "aux_fraction",
     "two_view",
@@ -187,6 +188,13 @@ def validate_config(cfg: dict[str, Any], world_size: int = 1) -> None:
         raise ConfigError(
             f"data.aux_fraction={frac!r} must be in [0, 1): the share of each batch drawn from data.aux_path "
             "(0.7 in the synthetic-data recipes)"
+        )
+    from advtrain.data.transforms import PAD_MODES
+
+    if d.get("pad_mode", "zeros") not in PAD_MODES:
+        raise ConfigError(
+            f"data.pad_mode={d.get('pad_mode')!r}: use zeros (torchvision's RandomCrop padding) or "
+            "reflect (Rice et al.'s train_cifar.py)"
         )
     if d.get("aux_path") == "???":
         raise ConfigError(

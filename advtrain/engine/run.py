@@ -135,6 +135,7 @@ def _run(cfg: dict[str, Any], env: DistEnv, device: torch.device) -> dict[str, A
         data.train_labels,
         batch_size=per_rank,
         augment=d["augment"],
+        pad_mode=str(d.get("pad_mode", "zeros")),
         seed=int(cfg["seed"]),
         aux=aux,
         aux_fraction=float(d.get("aux_fraction") or 0.0),

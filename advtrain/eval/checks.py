@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from advtrain.errors import AdvtrainError, ConfigError, DataError
+from advtrain.utils.images import check_unit_range
 
 __all__ = [
     "L2_PIXEL_THRESHOLD",
@@ -139,12 +140,7 @@ def check_inputs(x: Tensor) -> None:
         raise DataError("attack inputs are empty")
     if not torch.isfinite(x).all():
         raise DataError("attack inputs contain NaN or Inf")
-    lo, hi = float(x.min()), float(x.max())
-    if lo < 0.0 or hi > 1.0:
-        raise DataError(
-            f"attack inputs range over [{lo:.3g}, {hi:.3g}] but must lie in [0, 1]: pass raw "
-            "images / 255 and put the mean/std normalisation inside the model"
-        )
+    check_unit_range(x, "attack inputs")
 
 
 def check_eval_mode(model: nn.Module) -> None:
