@@ -52,7 +52,7 @@ def test_cfg_job_prints_the_official_gkl_setting() -> None:
         "name: gkl",
         "alpha: 4.0",
         "beta: 20.0",
-        "temperature: 4.0",
+        "weight_temperature: 4.0",
         "lr: 0.2",
         "schedule: cosine_official",
         "awp_gamma: 0.005",

@@ -69,19 +69,19 @@ def _pairwise_sq(adv: torch.Tensor, nat: torch.Tensor) -> torch.Tensor:
     return (dt - ds) ** 2
 
 
-def ref_terms_v2(adv, nat, prior, gamma=1.0, temperature=1.0):
+def ref_terms_v2(adv, nat, prior, gamma=1.0, soft_ce_temperature=1.0):
     """DKLv2 dkl_loss split into (wMSE, softCE): pair weights normalised by their batch sum."""
     with torch.no_grad():
         v = prior**gamma
         pw = v[:, :, None] * v[:, None, :]
     wmse = 0.25 * (_pairwise_sq(adv, nat) * pw).sum() / pw.sum()
-    target = F.softmax(nat / temperature, 1).detach()
-    sce = -(target * F.log_softmax(adv / temperature, 1)).sum(1).mean()
+    target = F.softmax(nat / soft_ce_temperature, 1).detach()
+    sce = -(target * F.log_softmax(adv / soft_ce_temperature, 1)).sum(1).mean()
     return wmse, sce
 
 
-def ref_gkl(adv, nat, prior, *, alpha, beta, gamma=1.0, temperature=1.0):
-    wmse, sce = ref_terms_v2(adv, nat, prior, gamma, temperature)
+def ref_gkl(adv, nat, prior, *, alpha, beta, gamma=1.0, soft_ce_temperature=1.0):
+    wmse, sce = ref_terms_v2(adv, nat, prior, gamma, soft_ce_temperature)
     return beta * wmse + alpha * sce
 
 
@@ -153,13 +153,13 @@ def test_gkl_closed_form_matches_pairwise_reference(
 ) -> None:
     adv, nat = _logits(13, 10, 3, scale=3.0), _logits(13, 10, 4, scale=3.0)
     prior = _prior(13, 10, 5, normalised)
-    kw = {"alpha": 4.0, "beta": 20.0, "gamma": gamma, "temperature": temperature}
+    kw = {"alpha": 4.0, "beta": 20.0, "gamma": gamma, "soft_ce_temperature": temperature}
     ours = gkl_loss(adv, nat, prior, **kw)
     ref = ref_gkl(adv, nat, prior, **kw)
     _close(ours, ref)
     for g_o, g_r in zip(_grads(ours, adv, nat), _grads(ref, adv, nat)):
         _close(g_o, g_r)
-    w, c = gkl_components(adv, nat, prior, gamma=gamma, temperature=temperature)
+    w, c = gkl_components(adv, nat, prior, gamma=gamma, soft_ce_temperature=temperature)
     w_ref, c_ref = ref_terms_v2(adv, nat, prior, gamma, temperature)
     _close(w, w_ref)
     _close(c, c_ref)
@@ -224,11 +224,14 @@ def test_gradcheck_gkl_and_ikl() -> None:
     # Full loss w.r.t. the student side (the soft-CE target is a stop-gradient of the natural side).
     n0 = nat.detach()
     assert torch.autograd.gradcheck(
-        lambda a: gkl_loss(a, n0, prior, alpha=4.0, beta=20.0, gamma=0.4, temperature=2.0), (adv,)
+        lambda a: gkl_loss(a, n0, prior, alpha=4.0, beta=20.0, gamma=0.4, soft_ce_temperature=2.0),
+        (adv,),
     )
     assert torch.autograd.gradcheck(lambda a: ikl_loss(a, n0, prior, alpha=4.0, beta=20.0), (adv,))
     assert torch.autograd.gradcheck(
-        lambda a: gkl_kd_loss(a, n0, alpha=1.0, beta=8.0, gamma=0.2, temperature=4.0, T2=4.0),
+        lambda a: gkl_kd_loss(
+            a, n0, alpha=1.0, beta=8.0, gamma=0.2, soft_ce_temperature=4.0, weight_temperature=4.0
+        ),
         (adv,),
     )
 
@@ -311,8 +314,8 @@ def test_worked_example_uniform_first_epoch_and_kl_reference() -> None:
 
 def test_gkl_kd_loss_without_prior_uses_tempered_teacher_weights() -> None:
     s, t = _logits(12, 10, 24), _logits(12, 10, 25)
-    kw = {"alpha": 3.0, "beta": 12.0, "gamma": 0.3, "temperature": 4.0}
-    ours = gkl_kd_loss(s, t, T2=4.0, **kw)
+    kw = {"alpha": 3.0, "beta": 12.0, "gamma": 0.3, "soft_ce_temperature": 4.0}
+    ours = gkl_kd_loss(s, t, weight_temperature=4.0, **kw)
     weights = F.softmax(t.detach() / 4.0, 1)
     ref = ref_gkl(s, t, weights, **kw)  # soft-CE at T = 4, no T^2 factor (official GKL_KD.py)
     _close(ours, ref)
@@ -322,8 +325,9 @@ def test_gkl_kd_loss_without_prior_uses_tempered_teacher_weights() -> None:
 
 def test_gkl_kd_loss_with_class_prior_equals_gkl_loss() -> None:
     s, t, prior = _logits(12, 10, 26), _logits(12, 10, 27), _prior(12, 10, 28)
-    kw = {"alpha": 1.0, "beta": 16.0, "gamma": 0.05, "temperature": 4.0}
-    ours = gkl_kd_loss(s, t, class_prior=prior, T2=100.0, **kw)  # T2 unused with a prior
+    kw = {"alpha": 1.0, "beta": 16.0, "gamma": 0.05, "soft_ce_temperature": 4.0}
+    # weight_temperature (the official T2) is unused with a prior
+    ours = gkl_kd_loss(s, t, class_prior=prior, weight_temperature=100.0, **kw)
     _close(ours, gkl_loss(s, t, prior, **kw), 1e-13)
     _close(ours, ref_gkl(s, t, prior, **kw))
 
@@ -575,3 +579,16 @@ def test_bfloat16_logits_give_float32_gkl() -> None:
     out = loss(adv.detach().bfloat16(), nat.detach().bfloat16(), y, update_state=False).loss
     assert out.dtype == torch.float32
     torch.testing.assert_close(out, ref.detach(), rtol=3e-2, atol=3e-2)
+
+
+def test_weight_temperature_is_the_trackers_and_temperature_is_its_deprecated_name(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    loss = GKLLoss(10, weight_temperature=2.0)
+    assert loss.weight_temperature == 2.0 == loss.tracker.temperature
+    with caplog.at_level("WARNING"):
+        old = IKLLoss(10, temperature=3.0)
+    assert old.weight_temperature == 3.0
+    assert any("loss.weight_temperature" in r.getMessage() for r in caplog.records)
+    with pytest.raises(ConfigError, match="weight_temperature"):
+        GKLLoss(10, weight_temperature=2.0, temperature=3.0)

@@ -69,7 +69,7 @@ def test_gkl_recipe_is_scaled_as_documented(which: str) -> None:
     gkl = next(m for m in STUDIES[which].methods if m.slug == "gkl")
     cfg = compose_plain([f"+exp={gkl.exp}"])
     loss, t, a = cfg["loss"], cfg["trainer"], cfg["attack"]
-    assert (loss["alpha"], loss["beta"], loss["gamma"], loss["temperature"]) == (
+    assert (loss["alpha"], loss["beta"], loss["gamma"], loss["weight_temperature"]) == (
         4.0,
         20.0,
         1.0,

@@ -54,10 +54,18 @@ class RobustLoss(nn.Module):
     ) -> LossOutput:
         """Return the training loss.
 
-        ``update_state=False`` is for extra evaluations of the loss that must not count as
-        training data (the AWP proxy step, a validation loss).
+        ``update_state=True`` also records the batch in the loss's running state (see
+        :meth:`update_state`). ``update_state=False`` is for evaluations that must not count as
+        training data (the AWP proxy step, a validation loss) and for callers that record the batch
+        themselves once they know it is used: the trainer calls :meth:`update_state` only after the
+        loss and the gradient turned out finite, so a skipped batch never feeds the state.
         """
         raise NotImplementedError
+
+    def update_state(  # noqa: B027 - an optional hook, no-op by default
+        self, logits_adv: Tensor, logits_nat: Tensor | None, y: Tensor
+    ) -> None:
+        """Record a training batch in the running state (GKL's class-weight sums). Default: none."""
 
     def attack_objective(self) -> Objective:
         """The per-sample value the training attack maximises."""

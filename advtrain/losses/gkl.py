@@ -99,7 +99,7 @@ def gkl_components(
     class_prior: Tensor,
     *,
     gamma: float = 1.0,
-    temperature: float = 1.0,
+    soft_ce_temperature: float = 1.0,
     normalizer: Normalizer = "weights",
     reduction: Literal["mean", "none"] = "mean",
 ) -> tuple[Tensor, Tensor]:
@@ -110,7 +110,8 @@ def gkl_components(
         logits_nat: teacher / natural logits ``t``, (B, C).
         class_prior: per-sample weight rows ``u_b`` (B, C), before the power; detached here.
         gamma: power on the weights, ``v = u ** gamma`` (GKL's "smoother weights").
-        temperature: softmax temperature of the soft-CE only (the wMSE has none).
+        soft_ce_temperature: softmax temperature of the soft-CE only (the wMSE has none; the
+            class weights' temperature is the tracker's ``weight_temperature``).
         normalizer: ``"weights"`` divides the batch wMSE by Σ_b (Σ_j v_b,j)² (GKL, DKLv2);
             ``"batch"`` divides by B (IKL, DKLv1).
         reduction: ``"mean"`` gives the batch scalars the official code computes; ``"none"`` gives
@@ -124,7 +125,7 @@ def gkl_components(
         if gamma != 1.0:
             v = v.pow(gamma)
     pairs, weight_mass = _pair_sums(logits_adv, logits_nat, v)
-    sce = soft_cross_entropy(logits_adv, logits_nat, temperature)
+    sce = soft_cross_entropy(logits_adv, logits_nat, soft_ce_temperature)
     batch = pairs.shape[0]
     if normalizer == "weights":
         # All-zero weights give 0/0 in the official code; here the wMSE is then 0.
@@ -148,17 +149,18 @@ def gkl_loss(
     alpha: float,
     beta: float,
     gamma: float = 1.0,
-    temperature: float = 1.0,
+    soft_ce_temperature: float = 1.0,
 ) -> Tensor:
     """GKL robust term of DKLv2 ``dkl_loss``: ``beta · wMSE + alpha · softCE`` (scalar).
 
     wMSE = ¼ Σ_b Σ_jk v_j v_k ((t_j - t_k) - (s_j - s_k))² / Σ_b (Σ_j v_j)² with v = prior**gamma
-    (no gradient); softCE = mean_b of the soft-label CE at ``temperature``. Only the weights and the
-    soft target are detached: **both** logits get gradient from the wMSE. The official AT scripts
-    never pass ``temperature`` (τ = 1); their ``--T`` belongs to :class:`ClassWeightTracker`.
+    (no gradient); softCE = mean_b of the soft-label CE at ``soft_ce_temperature`` (the official
+    ``dkl_loss(temperature=)``). Only the weights and the soft target are detached: **both** logits
+    get gradient from the wMSE. The official AT scripts never pass that temperature (τ = 1); their
+    ``--T`` tempers the class weights: ``GKLLoss(weight_temperature=)`` / :class:`ClassWeightTracker`.
     """
     wmse, sce = gkl_components(
-        logits_adv, logits_nat, class_prior, gamma=gamma, temperature=temperature
+        logits_adv, logits_nat, class_prior, gamma=gamma, soft_ce_temperature=soft_ce_temperature
     )
     return beta * wmse + alpha * sce
 
@@ -188,16 +190,17 @@ def gkl_kd_loss(
     alpha: float,
     beta: float,
     gamma: float,
-    temperature: float,
+    soft_ce_temperature: float,
     class_prior: Tensor | None = None,
-    T2: float = 1.0,
+    weight_temperature: float = 1.0,
 ) -> Tensor:
     """GKL for knowledge distillation (DKLv2 ``KD-dkl/mdistiller/distillers/GKL_KD.py``).
 
     Weights: ``class_prior ** gamma`` when a (B, C) class prior is given (the official ``GI=True``),
-    else ``softmax(teacher / T2) ** gamma`` per sample (``GI=False``), with the teacher detached (the
-    official code runs the teacher under ``no_grad``). The wMSE is normalised by the batch sum of
-    pair weights as in :func:`gkl_loss`; the soft-CE uses ``temperature``.
+    else ``softmax(teacher / weight_temperature) ** gamma`` per sample (``GI=False``; the official
+    cfg's ``T2``), with the teacher detached (the official code runs the teacher under ``no_grad``).
+    The wMSE is normalised by the batch sum of pair weights as in :func:`gkl_loss`; the soft-CE uses
+    ``soft_ce_temperature`` (the official ``T``).
 
     Temperature factor: the official GKL_KD (and IKL_KD) ``dkl_loss`` multiplies the soft-CE by
     **no** T² factor (unlike Hinton-style KD in the same mdistiller code base), so neither does this
@@ -206,9 +209,13 @@ def gkl_kd_loss(
     """
     if class_prior is None:
         with torch.no_grad():
-            class_prior = F.softmax(as_float(logits_teacher).detach() / T2, dim=1)
+            class_prior = F.softmax(as_float(logits_teacher).detach() / weight_temperature, dim=1)
     wmse, sce = gkl_components(
-        logits_student, logits_teacher, class_prior, gamma=gamma, temperature=temperature
+        logits_student,
+        logits_teacher,
+        class_prior,
+        gamma=gamma,
+        soft_ce_temperature=soft_ce_temperature,
     )
     return beta * wmse + alpha * sce
 
@@ -315,11 +322,34 @@ class ClassWeightTracker(nn.Module):
 # --------------------------------------------------------------------------------------------------
 
 
+_DEFAULT_WEIGHT_TEMPERATURE = 4.0
+
+
+def _renamed_temperature(owner: str, weight_temperature: float, temperature: float | None) -> float:
+    """``weight_temperature``, or the value given under its old name ``temperature`` (with a warning)."""
+    if temperature is None:
+        return weight_temperature
+    if weight_temperature != _DEFAULT_WEIGHT_TEMPERATURE and weight_temperature != temperature:
+        raise ConfigError(
+            f"{owner}: both loss.weight_temperature={weight_temperature} and its old name "
+            f"loss.temperature={temperature} are set; keep only loss.weight_temperature"
+        )
+    logger.warning(
+        "%s: loss.temperature is deprecated, it is the class weights' temperature (the official --T): "
+        "write loss.weight_temperature=%g",
+        owner,
+        temperature,
+    )
+    return temperature
+
+
 class GKLLoss(RobustLoss):
     """GKL adversarial training (DKLv2 ``train_dkl_cifar*.py``).
 
     ``loss = ce_weight · CE(nat, y) + beta · wMSE + alpha · softCE`` with the class prior
-    ``W[y]`` of the tracker and loss temperature 1 (``temperature`` here is the tracker's T).
+    ``W[y]`` of the tracker and soft-CE temperature 1, as the official scripts.
+    ``weight_temperature`` is the official ``--T``: the temperature of the softmax rows the tracker
+    averages into W, never a loss temperature. ``temperature`` is its deprecated old name.
 
     Two-view mode (``aug_weight`` set): the batch is ``[basic view; autoaug view]`` with labels
     ``[y; y]``; the CE is a mean over all rows, the robust term is ``GKL(basic) + aug_weight ·
@@ -342,15 +372,17 @@ class GKLLoss(RobustLoss):
         alpha: float = 4.0,
         beta: float = 20.0,
         gamma: float = 1.0,
-        temperature: float = 4.0,
+        weight_temperature: float = 4.0,
         ce_weight: float = 1.0,
         attack_alpha: float = 1.0,
         attack_beta: float = 0.0,
         attack_gamma: float = 1.0,
         aug_weight: float | None = None,
+        temperature: float | None = None,
     ) -> None:
         super().__init__()
         owner = type(self).__name__
+        weight_temperature = _renamed_temperature(owner, weight_temperature, temperature)
         self.alpha = check_nonneg("alpha", alpha, owner)
         self.beta = check_nonneg("beta", beta, owner)
         self.gamma = check_nonneg("gamma", gamma, owner)
@@ -366,7 +398,12 @@ class GKLLoss(RobustLoss):
         self.aug_weight = (
             None if aug_weight is None else check_nonneg("aug_weight", aug_weight, owner)
         )
-        self.tracker = ClassWeightTracker(num_classes, temperature)
+        self.tracker = ClassWeightTracker(num_classes, weight_temperature)
+
+    @property
+    def weight_temperature(self) -> float:
+        """The temperature of the class-weight collection (the official ``--T``)."""
+        return self.tracker.temperature
 
     @property
     def num_classes(self) -> int:
@@ -416,7 +453,6 @@ class GKLLoss(RobustLoss):
         prior = self.tracker.prior(y)
         if self.aug_weight is None:
             wmse, sce = self._terms(logits_adv, nat, prior, self.gamma, "mean")
-            basic = slice(None)
         else:
             rows = y.shape[0]
             # One host sync per step buys a clear error for a single-view loader with aug_weight.
@@ -435,12 +471,11 @@ class GKLLoss(RobustLoss):
             )
             wmse = wmse_a + self.aug_weight * wmse_b
             sce = sce_a + self.aug_weight * sce_b
-            basic = slice(0, half)
         robust = self.beta * wmse + self.alpha * sce
         ce = F.cross_entropy(as_float(nat), y)
         loss = self.ce_weight * ce + robust
         if update_state:
-            self.tracker.update(nat[basic], y[basic])
+            self.update_state(logits_adv, nat, y)
         metrics = {
             "ce": ce.detach(),
             "wmse": wmse.detach(),
@@ -448,6 +483,16 @@ class GKLLoss(RobustLoss):
             "robust": robust.detach(),
         }
         return LossOutput(loss=loss, metrics=metrics)
+
+    def update_state(self, logits_adv: Tensor, logits_nat: Tensor | None, y: Tensor) -> None:
+        """Feed the natural logits of a training batch to the class-weight tracker.
+
+        In two-view mode only the basic view (the first half of the rows) counts, as in the
+        official code.
+        """
+        nat = require_natural(logits_nat, type(self).__name__)
+        rows = y.shape[0] // 2 if self.aug_weight is not None else y.shape[0]
+        self.tracker.update(nat[:rows], y[:rows])
 
     def attack_objective(self) -> Objective:
         """Per-sample ``attack_beta · wMSE_b + attack_alpha · softCE_b`` with ``attack_gamma``.
@@ -483,6 +528,7 @@ class GKLLoss(RobustLoss):
     def extra_repr(self) -> str:
         return (
             f"alpha={self.alpha}, beta={self.beta}, gamma={self.gamma}, ce_weight={self.ce_weight}, "
+            f"weight_temperature={self.weight_temperature}, "
             f"attack=(alpha={self.attack_alpha}, beta={self.attack_beta}, "
             f"gamma={self.attack_gamma}), aug_weight={self.aug_weight}"
         )
@@ -503,13 +549,14 @@ class IKLLoss(GKLLoss):
         num_classes: int,
         alpha: float = 4.0,
         beta: float = 20.0,
-        temperature: float = 4.0,
+        weight_temperature: float = 4.0,
         ce_weight: float = 1.0,
         attack_alpha: float = 1.0,
         attack_beta: float = 0.0,
         aug_weight: float | None = None,
         gamma: float = 1.0,
         attack_gamma: float = 1.0,
+        temperature: float | None = None,
     ) -> None:
         if gamma != 1.0 or attack_gamma != 1.0:
             raise ConfigError(
@@ -521,10 +568,11 @@ class IKLLoss(GKLLoss):
             alpha=alpha,
             beta=beta,
             gamma=1.0,
-            temperature=temperature,
+            weight_temperature=weight_temperature,
             ce_weight=ce_weight,
             attack_alpha=attack_alpha,
             attack_beta=attack_beta,
             attack_gamma=1.0,
             aug_weight=aug_weight,
+            temperature=temperature,
         )
