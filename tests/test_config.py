@@ -105,25 +105,35 @@ def test_every_experiment_composes_and_instantiates(exp: str) -> None:
         assert cfg["attack"]["eps"] <= 1.0
 
 
-def test_trades_experiment_is_the_paper_setting() -> None:
+def test_trades_experiment_is_the_official_script() -> None:
     cfg = compose_plain(["+exp=cifar10_trades"])
     assert cfg["model"]["name"] == "wrn34_10" and cfg["model"]["depth"] == 34
     assert cfg["model"]["widen_factor"] == 10
     assert cfg["attack"]["eps"] == pytest.approx(8 / 255)
     assert cfg["attack"]["step_size"] == pytest.approx(2 / 255)
     assert cfg["attack"]["steps"] == 10 and cfg["loss"]["beta"] == 6.0
-    assert cfg["optim"]["lr"] == 0.1 and cfg["optim"]["milestones"] == [75, 90]
-    assert cfg["trainer"]["epochs"] == 100
+    assert cfg["optim"]["lr"] == 0.1 and cfg["optim"]["milestones"] == [75, 90, 100]
+    assert cfg["trainer"]["epochs"] == 76  # train_trades_cifar10.py --epochs default
+
+
+def test_multistep_milestone_is_the_epoch_where_the_lr_changes() -> None:
+    """TRADES/MART adjust_learning_rate: x0.1 from epoch 75, x0.01 from 90, x0.001 from 100."""
     sched = LRSchedule(
         lr=0.1,
-        epochs=100,
+        epochs=120,
         steps_per_epoch=10,
         schedule="multistep",
-        milestones=(75, 90),
+        milestones=(75, 90, 100),
         per_iteration=False,
     )
-    assert sched(75) == pytest.approx(0.1) and sched(76) == pytest.approx(0.01)
-    assert sched(91) == pytest.approx(0.001)
+    assert sched(74) == pytest.approx(0.1) and sched(75, 9) == pytest.approx(0.01)
+    assert sched(89) == pytest.approx(0.01) and sched(90) == pytest.approx(0.001)
+    assert sched(99) == pytest.approx(0.001) and sched(100) == pytest.approx(1e-4)
+    # Fractions f in (0, 1] stand for epoch f * E; a non-integral one takes effect at the next epoch.
+    frac = LRSchedule(1.0, 10, 1, "multistep", milestones=(0.75, 0.9, 1.0), per_iteration=False)
+    assert [frac(e) for e in range(7, 11)] == pytest.approx([1.0, 0.1, 0.01, 0.001])
+    with pytest.raises(ConfigError, match="milestone"):
+        LRSchedule(1.0, 10, 1, "multistep", milestones=(0,))
 
 
 def test_official_cosine_schedule_values() -> None:
@@ -137,11 +147,26 @@ def test_official_cosine_schedule_values() -> None:
     assert s(200) == pytest.approx(1.2e-5, rel=0.05)
 
 
+def test_per_epoch_warmup_shifts_the_cosine_as_the_official_script() -> None:
+    """DKL adjust_learning_rate_cosine with --lr-warmup W: lr * t / W for t < W, then
+    lr * 0.5 (1 + cos(pi (t - W) / (E - W + 1)))."""
+    lr, e, w = 0.2, 20, 5
+    s = LRSchedule(lr, e, 391, "cosine_official", warmup_epochs=w, per_iteration=False)
+    for t in range(1, e + 1):
+        want = lr / w * t if t < w else lr * 0.5 * (1 + math.cos(math.pi * (t - w) / (e - w + 1)))
+        assert s(t) == pytest.approx(want, rel=1e-12), t
+        assert s(t, 390) == s(t)  # set once per epoch
+    assert s(1) == pytest.approx(lr / w)  # not lr / (steps * W)
+    plain = LRSchedule(1.0, 10, 7, "cosine", warmup_epochs=3, per_iteration=False)
+    assert plain(1) == pytest.approx(1 / 3) and plain(3) == pytest.approx(1.0)
+    assert plain(4) == pytest.approx(0.5 * (1 + math.cos(math.pi / 8)))
+    with pytest.raises(ConfigError, match="per_iteration=false"):
+        LRSchedule(0.2, 10, 5, "cosine_official", warmup_epochs=2, per_iteration=True)
+
+
 def test_cosine_and_warmup() -> None:
     s = LRSchedule(lr=1.0, epochs=4, steps_per_epoch=10, schedule="cosine", warmup_epochs=1)
-    assert s(1, 0) == pytest.approx(
-        0.1 * math.cos(0) ** 0, rel=1e-6
-    )  # first warm-up step: 1/10 of lr
+    assert s(1, 0) == pytest.approx(0.1)  # per iteration: first warm-up step gets lr / (steps * W)
     assert s(3, 0) == pytest.approx(0.5)
     assert s(4, 9) < 0.01
 

@@ -88,7 +88,7 @@ def test_gkl_recipe_is_scaled_as_documented(which: str) -> None:
 
 
 def test_milestones_are_fractions_of_the_run() -> None:
-    """The full-scale files give epoch numbers (100/150 of 200, 75/90 of 100): they would never fire."""
+    """The full-scale files give epoch numbers (101/151 of 200, 75/90/100): they would never fire."""
     for m in study_a.STUDY.methods + study_b.STUDY.methods:
         cfg = compose_plain([f"+exp={m.exp}"])
         if cfg["optim"]["schedule"] == "multistep":

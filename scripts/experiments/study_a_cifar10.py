@@ -24,9 +24,10 @@ each keeps the rest of its published recipe. Configs: `configs/exp/study_cifar10
 |---|---|---|---|
 | model | PreActResNet-18 / WRN-34-10 | `small_cnn` width 12 (≈41k parameters), dataset normalisation inside | sized so 6 trainings + AutoAttack on 1,000 images fit about an hour on 2 CPU cores (docs/studies.md) |
 | training data | 50,000 images | first 10,000 training images (1,024 held out for validation), batch 128, crop + flip | |
-| epochs | 200 (PGD-AT, GKL), 100 (TRADES) | 10 for all | |
+| epochs | 200 (PGD-AT, GKL), 76 (TRADES script default) | 10 for all | |
 | attack steps | 10 × 2/255 (PGD-AT, TRADES), 5 × eps_t/2 (GKL) | 5 for all: 5 × 4/255 (= 2.5 eps/steps, Madry's rule) for PGD-AT and TRADES; GKL keeps 5 × eps_t/2 | same step count for all |
-| lr schedule | PGD-AT 0.1, ×0.1 at epochs 100/150 of 200; TRADES 0.1, ×0.1 at 75/90 of 100; GKL 0.2 `cosine_official` | the same milestones as fractions of the run (0.5/0.75 and 0.75/0.9); GKL's cosine over 10 epochs | proportional |
+| attack mode | PGD-AT train mode (Rice et al.'s script), TRADES and GKL eval mode | unchanged | each method's own script |
+| lr schedule | PGD-AT 0.1, ×0.1 from epochs 101/151 of 200; TRADES 0.1, ×0.1 from epochs 75/90 (of the 100 its schedule is written for); GKL 0.2 `cosine_official` | the same milestones as fractions of the run (0.505/0.755: ×0.1 from epochs 6 and 8; 0.75/0.9: from epochs 8 and 9); GKL's cosine over 10 epochs | proportional |
 | GKL eps ramp | eps_t = 8/255 · t/200 | eps_t = 8/255 · t/10: reaches 8/255 at the last epoch | proportional (built into the schedule) |
 | GKL AWP | gamma 0.005 from epoch 10 of 200 | gamma 0.005 from epoch max(1, round(0.05 · 10)) = 1 | start at 5% of the run |
 | GKL weight average | per-epoch average, tau 0.9 (time constant 10 epochs = 5% of the run) | iteration EMA, decay 1 − 1/(0.05 · 10 epochs · 79 steps) = 0.9747 | same 5%-of-the-run time constant; a per-epoch tau cannot express half an epoch |
