@@ -8,14 +8,17 @@
 #
 # Each benchmark runs in its own process under a time limit (BENCH_TIMEOUT seconds, default 300), so
 # one failure or hang costs only its own figures. The headline GPU target (fastpath.md): bf16 autocast +
-# channels_last vs fp32 NCHW eager >= 2x for PreActResNet-18 training steps. Environment: PYTHON
+# channels_last vs fp32 NCHW eager >= 2x for PreActResNet-18 training steps. attack_precision.md gives the
+# price of the attack precision policy: PreActResNet-18 training steps (and attack passes) with the attack in
+# fp32 (the default) vs bf16 (trainer.autocast_attack=bf16), natural pass in bf16 on both sides, per loss,
+# with the first attack step's gradient-sign agreement against fp32. Environment: PYTHON
 # (interpreter, default .venv/bin/python, else python3), ADVTRAIN_DATA_DIR (real CIFAR-10; without it
 # the benchmarks time random pixels, which is fine for speed), BENCH_THREADS (CPU threads, default 8).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
 DRY=0
-ONLY="fastpath overhead gkl_vs_trades official_loop data gkl_loss eval scaling"
+ONLY="fastpath overhead gkl_vs_trades official_loop data gkl_loss eval scaling attack_precision"
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --dry-run) DRY=1; shift ;;

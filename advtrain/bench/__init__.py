@@ -26,6 +26,7 @@ BENCHMARKS: dict[str, str] = {
     "gkl_loss": "advtrain.bench.gkl_loss",
     "eval": "advtrain.bench.eval_autoattack",
     "scaling": "advtrain.bench.scaling",
+    "attack_precision": "advtrain.bench.attack_precision",
 }
 
 

@@ -34,7 +34,7 @@ from advtrain.engine.build import (
     build_model,
     build_optimization,
 )
-from advtrain.engine.fastpath import fast_path_defaults
+from advtrain.engine.fastpath import resolve_fast_paths
 from advtrain.engine.trainer import Trainer
 from advtrain.errors import ConfigError
 
@@ -129,7 +129,8 @@ def build_trainer(
     as `Trainer.fit` does before its first batch.
     """
     t = cfg["trainer"]
-    channels_last, autocast_dtype = fast_path_defaults(t, device)
+    fast = resolve_fast_paths(t, device)
+    channels_last, autocast_dtype = fast.channels_last, fast.autocast_dtype
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     net = (model if model is not None else build_model(cfg)).to(device, memory_format=fmt)
     loss = build_loss(cfg).to(device)
@@ -154,6 +155,7 @@ def build_trainer(
         seed=int(cfg["seed"]),
         logger=None,
         autocast_dtype=autocast_dtype,
+        attack_autocast_dtype=fast.attack_autocast_dtype,
         channels_last=channels_last,
         compiled_model=compiled,
     )
@@ -217,8 +219,9 @@ class BareStep:
     beta: float = 6.0
     alpha: float = 4.0
     gkl_beta: float = 20.0
-    temperature: float = 4.0
+    weight_temperature: float = 4.0
     autocast_dtype: torch.dtype | None = None
+    attack_autocast_dtype: torch.dtype | None = None
     generator: torch.Generator | None = None
     num_classes: int = 10
 
@@ -272,7 +275,7 @@ class BareStep:
             extra.update(
                 alpha=loss.alpha,
                 gkl_beta=loss.beta,
-                temperature=loss.tracker.temperature,
+                weight_temperature=loss.weight_temperature,
                 num_classes=loss.num_classes,
             )
         dev = next(net.parameters()).device
@@ -285,22 +288,34 @@ class BareStep:
             steps=int(a.steps),
             random_start=start_mode(a.random_start),
             autocast_dtype=trainer.autocast_dtype,
+            attack_autocast_dtype=trainer.attack_autocast_dtype,
             generator=torch.Generator(device=dev).manual_seed(1),
             **extra,
         )
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """The natural pass's precision (trainer.autocast)."""
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
         dev = next(self.model.parameters()).device
         return torch.autocast(dev.type, dtype=self.autocast_dtype)
+
+    def _attack_autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """The attack's and the adversarial forward's precision: the trainer's policy (fp32 unless
+        trainer.autocast_attack opts in), so both sides compute the same thing."""
+        dev = next(self.model.parameters()).device
+        if self.attack_autocast_dtype is not None:
+            return torch.autocast(dev.type, dtype=self.attack_autocast_dtype)
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(dev.type, enabled=False)
 
     def attack(self, x: Tensor, y: Tensor) -> Tensor:
         """The attack passes alone (eval mode)."""
         model = self.model
         model.eval()
         nat = None
-        with self._autocast():
+        with self._attack_autocast():
             if self.kind != "pgdat":
                 with torch.no_grad():
                     nat = model(x).float()
@@ -339,8 +354,9 @@ class BareStep:
         model = self.model
         x_adv = self.attack(x, y)
         model.train()
-        with self._autocast():
+        with self._attack_autocast():
             la = model(x_adv).float()
+        with self._autocast():
             if self.kind == "pgdat":
                 loss = F.cross_entropy(la, y)
             else:
@@ -366,7 +382,7 @@ class BareStep:
                     loss = ce + self.gkl_beta * wmse + self.alpha * sce
                     with torch.no_grad():
                         self.accumulator.index_add_(
-                            0, y, F.softmax(ln.detach() / self.temperature, dim=1)
+                            0, y, F.softmax(ln.detach() / self.weight_temperature, dim=1)
                         )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()

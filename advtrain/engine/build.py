@@ -40,6 +40,7 @@ TRAINER_EXTRA_KEYS = {
     "deterministic",
     "channels_last",
     "autocast",
+    "autocast_attack",
     "compile",
     "sync_bn",
 }

@@ -170,10 +170,18 @@ class AWP(Callback):
         model = trainer.unwrapped_model
         self.proxy.load_state_dict(model.state_dict())
         self.proxy.train()
-        with trainer.autocast():
+        # The trainer's precision policy: adversarial forward in the attack's precision (fp32 by
+        # default), natural forward under trainer.autocast.
+        with trainer.attack_autocast():
             logits_adv = self.proxy(batch.x_adv)
+        with trainer.autocast():
             logits_nat = self.proxy(batch.x) if trainer.loss.needs_natural else None
-            out = trainer.loss(logits_adv, logits_nat, batch.y, update_state=False)
+        out = trainer.loss(
+            logits_adv.float(),
+            None if logits_nat is None else logits_nat.float(),
+            batch.y,
+            update_state=False,
+        )
         self.proxy_opt.zero_grad(set_to_none=True)
         (-out.loss.float()).backward()
         # DDP: every rank applies the perturbation of the global batch, as a single process would.

@@ -187,6 +187,7 @@ def _run(cfg: dict[str, Any], env: DistEnv, device: torch.device) -> dict[str, A
             seed=int(cfg["seed"]),
             logger=logger,
             autocast_dtype=autocast_dtype,
+            attack_autocast_dtype=fast.attack_autocast_dtype,
             channels_last=channels_last,
             compiled_model=compiled,
             ddp_model=ddp,

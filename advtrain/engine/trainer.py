@@ -117,6 +117,7 @@ class Trainer:
         seed: int = 0,
         logger: MetricsLogger | None = None,
         autocast_dtype: torch.dtype | None = None,
+        attack_autocast_dtype: torch.dtype | None = None,
         channels_last: bool = False,
         compiled_model: nn.Module | None = None,
         is_main_process: bool = True,
@@ -147,9 +148,20 @@ class Trainer:
         self.config = config
         self.logger = logger
         self.autocast_dtype = autocast_dtype
+        self.attack_autocast_dtype = attack_autocast_dtype
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.dist = dist_env or DistEnv()
         self.is_main = is_main_process and self.dist.is_main
+        if attack_autocast_dtype is not None and self.is_main:
+            name = {torch.bfloat16: "bf16"}.get(attack_autocast_dtype, str(attack_autocast_dtype))
+            log.warning(
+                "trainer.autocast_attack=%s: the training attack and the adversarial forward run under "
+                "%s autocast, whose 8-bit mantissa rounds away perturbations below about 1/256 of the "
+                "pixel value (the 0.001 N(0, 1) start, an early eps ramp): the attack's gradient signs "
+                "can be close to random. The default (fp32) is what the official scripts run",
+                name,
+                name,
+            )
         # Each rank draws its own attack noise (different examples); rank 0 of a 1-process run keeps seed + 1.
         self.attack_gen = torch.Generator(device=device).manual_seed(
             seed + 1 + 1_000_003 * self.dist.rank
@@ -163,9 +175,24 @@ class Trainer:
 
     # ----------------------------------------------------------------- helpers
     def autocast(self) -> contextlib.AbstractContextManager:
+        """The precision of the natural forward (and its backward): `trainer.autocast`."""
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def attack_autocast(self) -> contextlib.AbstractContextManager:
+        """The precision of the attack and of the adversarial forward: fp32 unless `trainer.autocast_attack`.
+
+        fp32 by default on every device, also when `trainer.autocast` puts the natural pass in bf16: the
+        perturbations an attack starts from (x + 0.001 N(0, 1), eps_t of an early ramp epoch) are below bf16's
+        resolution near pixel values of 0.5-1, so a bf16 attack follows rounding noise. TF32 matmuls and
+        convolutions stay as PyTorch's defaults set them.
+        """
+        if self.attack_autocast_dtype is not None:
+            return torch.autocast(self.device.type, dtype=self.attack_autocast_dtype)
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, enabled=False)
 
     @property
     def eval_model(self) -> nn.Module:
@@ -189,19 +216,25 @@ class Trainer:
         set_lr(self.optimizer, lr)
         batch = Batch(x, y)
         objective = self._objective_override or self.loss.attack_objective()
-        with self.autocast():
+        # Train mode before the attack: an attack with attack.eval_mode=false (Rice et al.'s PGD-AT) sees the
+        # training model (BN batch statistics), also on the first step after a validation.
+        self.model.train()
+        with self.attack_autocast():
             batch.x_adv = self.attack(
                 self.attack_model, x, y, objective=objective, generator=self.attack_gen
             )
         for cb in self.callbacks:
             cb.before_update(self, batch)
         self.model.train()
-        with self.autocast():
+        with self.attack_autocast():
             logits_adv = self.model(batch.x_adv)
+        with self.autocast():
             logits_nat = self.model(x) if self.loss.needs_natural else None
-            out = self.loss(
-                logits_adv.float(), None if logits_nat is None else logits_nat.float(), y
-            )
+        logits_adv = logits_adv.float()
+        if logits_nat is not None:
+            logits_nat = logits_nat.float()
+        # The loss's running state (GKL's class weights) is fed only once the step is known to be taken.
+        out = self.loss(logits_adv, logits_nat, y, update_state=False)
         loss = out.loss
         self.optimizer.zero_grad(set_to_none=True)
         # All ranks agree before anyone calls backward: a rank that skipped it would hang the others' all-reduce.
@@ -224,6 +257,7 @@ class Trainer:
                     cb.after_update(self, batch)
             self._handle_nonfinite(out, lr)
             return None
+        self.loss.update_state(logits_adv.detach(), _detach(logits_nat), y)
         self.optimizer.step()
         for cb in self.callbacks:
             cb.after_update(self, batch)
@@ -384,11 +418,13 @@ class Trainer:
                 for cb in self.callbacks:
                     cb.on_epoch_start(self, self.epoch)
                 self.loss.on_epoch_start(self.epoch)
+            # The epoch's schedule as the run applies it: the lr of its first step and the attack budget.
             record = {
                 "epoch": self.epoch,
                 "lr": self.lr_schedule(self.epoch, 0),
                 "eps": float(self.attack.eps),
                 "attack_steps": int(self.attack.steps),
+                "attack_step_size": float(self.attack.step_size),
             }
             record.update(self.train_epoch())
             # The step the epoch ended at (= the epoch checkpoint's step).
@@ -573,6 +609,10 @@ class Trainer:
         for old in olds[: max(len(olds) - max(self.settings.keep_last, 1), 0)]:
             old.unlink(missing_ok=True)
         return path
+
+
+def _detach(x: torch.Tensor | None) -> torch.Tensor | None:
+    return None if x is None else x.detach()
 
 
 def _copy_buffers(module: nn.Module, buffers: dict[str, torch.Tensor]) -> None:
