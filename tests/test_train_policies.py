@@ -155,3 +155,14 @@ def test_skipped_batch_does_not_feed_the_class_weights() -> None:
     trainer.attack = real_attack
     assert trainer.train_step(x, y, 1) is not None
     assert int(tracker.counts.sum()) == 16
+
+
+def test_no_held_out_images_means_no_validation() -> None:
+    """data.val_size=0 (train on every image, as the official scripts) skips validation instead of
+    logging NaN accuracies."""
+    from advtrain.engine.trainer import EvalSet
+
+    trainer = _trainer("pgdat", autocast=False)
+    empty = torch.zeros(0, 3, 32, 32, dtype=torch.uint8)
+    trainer.val_set = EvalSet(empty, torch.zeros(0, dtype=torch.long))
+    assert trainer.validate() == {}

@@ -367,7 +367,9 @@ class Trainer:
         return result
 
     def validate(self) -> dict[str, float]:
-        if self.val_set is None or self.settings.val_examples <= 0:
+        """Clean and PGD accuracy of the selected weights on the held-out split; {} without one
+        (data.val_size=0 trains on every image and skips validation)."""
+        if self.val_set is None or self.settings.val_examples <= 0 or len(self.val_set.labels) == 0:
             return {}
         n = min(self.settings.val_examples, len(self.val_set.labels))
         x, y = self.val_set.images[:n], self.val_set.labels[:n]
