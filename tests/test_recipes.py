@@ -263,6 +263,23 @@ RECIPES: dict[str, Recipe] = {
         "normal",
         official=False,
     ),
+    # The ablation arms: the GKL loss under exactly the TRADES arms' schedule and attack budget.
+    "study_cifar10_gkl_loss": Recipe(
+        10,
+        by_ranges((1, 7, 0.1), (8, 8, 0.01), (9, 10, 0.001)),
+        constant_budget(EPS8, 5, 4 / 255),
+        True,
+        "normal",
+        official=False,
+    ),
+    "study_fmnist_gkl_loss": Recipe(
+        8,
+        by_ranges((1, 5, 0.1), (6, 7, 0.01), (8, 8, 0.001)),
+        constant_budget(0.1, 5, 0.05),
+        True,
+        "normal",
+        official=False,
+    ),
 }
 
 SHRINK = [

@@ -12,6 +12,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+import torch
 from helpers import compose_plain
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -65,6 +66,21 @@ def test_methods_share_model_data_epochs_and_attack_steps(which: str) -> None:
 
 
 @pytest.mark.parametrize("which", ["a", "b"])
+def test_gkl_loss_arm_is_the_trades_arm_with_the_gkl_loss(which: str) -> None:
+    """The ablation arm separates the loss from the recipe: everything but the loss is TRADES's."""
+    exps = {m.slug: m.exp for m in STUDIES[which].methods}
+    trades = compose_plain([f"+exp={exps['trades']}"])
+    arm = compose_plain([f"+exp={exps['gkl_loss']}"])
+    gkl = compose_plain([f"+exp={exps['gkl']}"])
+    for group in sorted(set(trades) - {"loss", "name", "run_dir"}):
+        assert arm[group] == trades[group], group
+    assert arm["loss"] == gkl["loss"]  # alpha 4, beta 20, gamma 1, T 4: not TRADES's beta 6
+    assert arm["attack"]["schedule"] == "constant" and arm["attack"]["eps"] == gkl["attack"]["eps"]
+    assert arm["trainer"]["awp_gamma"] is None and arm["trainer"]["ema_decay"] is None
+    assert arm["trainer"]["weight_average_tau"] is None
+
+
+@pytest.mark.parametrize("which", ["a", "b"])
 def test_gkl_recipe_is_scaled_as_documented(which: str) -> None:
     gkl = next(m for m in STUDIES[which].methods if m.slug == "gkl")
     cfg = compose_plain([f"+exp={gkl.exp}"])
@@ -102,10 +118,10 @@ def test_milestones_are_fractions_of_the_run() -> None:
 
 def test_plan_gives_fixed_dirs_and_exact_commands(tmp_path: Path) -> None:
     pipes = common.plan(study_a.STUDY, tmp_path / "runs", Path("/data"), threads=1)
-    assert len(pipes) == 6
+    assert len(pipes) == 8  # 4 methods x 2 seeds
     assert pipes[0].method.slug == "gkl"  # most expensive first
     dirs = {p.train.run_dir for p in pipes}
-    assert len(dirs) == 6
+    assert len(dirs) == 8
     for p in pipes:
         argv = list(p.train.argv)
         assert argv[:3] == ["-m", "advtrain", "train"]
@@ -180,6 +196,13 @@ def _s(*vals: float) -> object:
     return report.summarize(list(vals))
 
 
+def test_mcnemar_exact_p() -> None:
+    assert report.mcnemar_p(0, 0) == 1.0 and report.mcnemar_p(5, 5) == 1.0
+    assert report.mcnemar_p(0, 20) == report.mcnemar_p(20, 0) == pytest.approx(2 / 2**20)
+    # 2 vs 8 of 10 discordant: P(X <= 2) = (1 + 10 + 45) / 1024, two-sided doubles it
+    assert report.mcnemar_p(2, 8) == pytest.approx(2 * 56 / 1024)
+
+
 def test_summarize_and_binomial_se() -> None:
     s = report.summarize([0.30, None, 0.34])
     assert (s.n, s.lo, s.hi) == (2, 0.30, 0.34) and s.mean == pytest.approx(0.32)
@@ -241,6 +264,7 @@ def test_report_tables_from_run_directories(tmp_path: Path) -> None:
         "pgdat": [(0.50, 0.20, 0.25), (0.52, 0.21, 0.26)],
         "trades": [(0.45, 0.24, 0.27), (0.47, 0.25, 0.28)],
         "gkl": [(0.48, 0.22, 0.26), (0.49, 0.27, 0.30)],
+        "gkl_loss": [(0.46, 0.23, 0.26), (0.46, 0.23, 0.27)],
     }
     for p in pipes:
         clean, aa, pgd = acc[p.method.slug][p.seed]
@@ -257,10 +281,25 @@ def test_report_tables_from_run_directories(tmp_path: Path) -> None:
             job.run_dir.mkdir(parents=True)
             res = _fake_results(1000, clean, aa if key == "aa" else pgd, [aa - 0.1, aa + 0.1], pgd)
             (job.run_dir / "results.json").write_text(json.dumps(res))
+            if key == "aa":  # per-image flags: the first round(aa * 1000) images stay robust
+                k = round(aa * 1000)
+                flags = torch.tensor([True] * k + [False] * (1000 - k))
+                torch.save({"robust_correct": flags}, job.run_dir / "per_example.pt")
     readme = report.write_report(runs, out).read_text()
     assert "| GKL | 2 | 48.5 (48.0–49.0) | 28.0 (26.0–30.0) | 24.5 (22.0–27.0) |" in readme
     assert "| PGD-AT | 1 | 52.0 | 26.0 | 21.0 |" in readme
-    assert "| cat | 10.5 | 14.5 | 14.5 |" in readme  # per-class means in PGD-AT, TRADES, GKL order
+    # per-class means in PGD-AT, TRADES, GKL, GKL-loss-only order
+    assert "| cat | 10.5 | 14.5 | 14.5 | 13.0 |" in readme
+    # paired: per seed on the same images, McNemar on the discordant images, the verdict
+    assert (
+        "| GKL − TRADES | s0 -2.0, s1 +2.0 | +0.0 | 4.0 | s0 0/20 p=1.9e-06, s1 20/0 p=1.9e-06 "
+        "| no: the seeds disagree in sign (spread 4.0) |"
+    ) in readme
+    assert (
+        "| GKL loss only − TRADES | s0 -1.0, s1 -2.0 | -1.5 | 1.0 | s0 0/10 p=0.002, s1 0/20 "
+        "p=1.9e-06 | yes: every seed has the same sign and |mean| 1.5 > spread 1.0 |"
+    ) in readme
+    assert "| GKL − PGD-AT | s0 +2.0, s1 +6.0 |" in readme
     assert "AutoAttack (mean over seeds): TRADES 24.5%, GKL 24.5%" in readme
     assert "TRADES and GKL are tied on the mean" in readme
     assert (

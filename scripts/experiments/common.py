@@ -80,6 +80,13 @@ class Study:
     robust_key: str = "aa"  # the eval whose robust accuracy is "AutoAttack" in tables and plots
     pgd_key: str = "pgd20"
     compare: tuple[str, str] = ("gkl", "trades")  # slugs of the per-class comparison plot
+    # (A, B) slug pairs whose robust accuracy the report compares seed by seed, A minus B, on the
+    # same test images (paired: per-image results, McNemar's exact test per seed).
+    pairs: tuple[tuple[str, str], ...] = (
+        ("gkl", "trades"),
+        ("gkl_loss", "trades"),
+        ("gkl", "pgdat"),
+    )
     scaling: str = ""
 
 

@@ -54,6 +54,7 @@ class Run:
     train_seconds: float | None = None
     evals: dict[str, dict[str, Any]] = field(default_factory=dict)  # eval key -> results.json
     eval_seconds: dict[str, float | None] = field(default_factory=dict)
+    eval_dirs: dict[str, Path] = field(default_factory=dict)  # eval key -> its run directory
 
 
 def _read_json(path: Path) -> Any:
@@ -105,6 +106,7 @@ def collect(runs_dir: Path) -> tuple[dict[str, Any], list[Run]]:
             res = _read_json(Path(ev["dir"]) / "results.json")
             if res is not None:
                 run.evals[key] = res
+                run.eval_dirs[key] = Path(ev["dir"])
                 run.eval_seconds[key] = driver_seconds(root, f"eval_{key}") or res.get(
                     "wall_time_s"
                 )
@@ -307,10 +309,89 @@ def reading(
 
 
 # ------------------------------------------------------------------------------------------------
+# paired comparisons: method A minus method B on the same test images
+# ------------------------------------------------------------------------------------------------
+
+
+def robust_flags(run: Run, key: str) -> list[bool] | None:
+    """Per test image, whether it stayed correct under evaluation `key` (its per_example.pt)."""
+    d = run.eval_dirs.get(key)
+    if d is None or not (d / "per_example.pt").is_file():
+        return None
+    import torch
+
+    try:
+        data = torch.load(d / "per_example.pt", map_location="cpu", weights_only=True)
+        return [bool(v) for v in data["robust_correct"].tolist()]
+    except (OSError, RuntimeError, KeyError, ValueError):
+        return None
+
+
+def mcnemar_p(a_only: int, b_only: int) -> float:
+    """Exact two-sided McNemar test: p-value of the discordant split under "A and B are equal"."""
+    n = a_only + b_only
+    if n == 0:
+        return 1.0
+    k = min(a_only, b_only)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+@dataclass(frozen=True)
+class PairedSeed:
+    seed: int
+    diff: float  # robust accuracy of A minus B (fraction)
+    a_only: int | None  # images robust under A but not B (None: no per-image results)
+    b_only: int | None
+    n: int | None
+
+    @property
+    def p(self) -> float | None:
+        return None if self.a_only is None else mcnemar_p(self.a_only, self.b_only or 0)
+
+
+def paired(runs: list[Run], a: str, b: str, key: str) -> list[PairedSeed]:
+    """A minus B per seed where both have evaluation `key`."""
+    out = []
+    for ra in runs:
+        if ra.slug != a or key not in ra.evals:
+            continue
+        rb = next((r for r in runs if r.slug == b and r.seed == ra.seed and key in r.evals), None)
+        if rb is None or ra.evals[key].get("robust_acc") is None:
+            continue
+        diff = float(ra.evals[key]["robust_acc"]) - float(rb.evals[key]["robust_acc"])
+        fa, fb = robust_flags(ra, key), robust_flags(rb, key)
+        if fa is not None and fb is not None and len(fa) == len(fb):
+            a_only = sum(x and not y for x, y in zip(fa, fb))
+            b_only = sum(y and not x for x, y in zip(fa, fb))
+            out.append(PairedSeed(ra.seed, diff, a_only, b_only, len(fa)))
+        else:
+            out.append(PairedSeed(ra.seed, diff, None, None, None))
+    return out
+
+
+def paired_verdict(seeds: list[PairedSeed]) -> str:
+    """Whether the mean difference exceeds the seed-to-seed spread of the difference."""
+    if not seeds:
+        return "no paired results"
+    diffs = [s.diff for s in seeds]
+    mean = statistics.fmean(diffs)
+    if len(seeds) == 1:
+        return "one seed: no spread to compare"
+    spread = max(diffs) - min(diffs)
+    same_sign = all(d > 0 for d in diffs) or all(d < 0 for d in diffs)
+    if same_sign and abs(mean) > spread:
+        return f"yes: every seed has the same sign and |mean| {100 * abs(mean):.1f} > spread {100 * spread:.1f}"
+    if same_sign:
+        return f"no: same sign on every seed, but |mean| {100 * abs(mean):.1f} <= spread {100 * spread:.1f}"
+    return f"no: the seeds disagree in sign (spread {100 * spread:.1f})"
+
+
+# ------------------------------------------------------------------------------------------------
 # plots
 # ------------------------------------------------------------------------------------------------
 
-COLORS = {"pgdat": "tab:blue", "trades": "tab:orange", "gkl": "tab:green"}
+COLORS = {"pgdat": "tab:blue", "trades": "tab:orange", "gkl": "tab:green", "gkl_loss": "tab:red"}
 
 
 def _plt() -> Any:
@@ -568,6 +649,47 @@ def write_report(runs_dir: Path, out_dir: Path) -> Path:
             L.append(f"| {name} | " + " | ".join(cells) + " |")
         L.append("")
 
+    pair_rows = []
+    for pa, pb in study.get("pairs") or []:
+        if pa not in method_label or pb not in method_label:
+            continue
+        ps = paired(runs, pa, pb, study["robust_key"])
+        pair_rows.append((method_label[pa], method_label[pb], ps))
+    if pair_rows:
+        L += ["## Paired comparison", ""]
+        L.append(
+            f"{aa_label} accuracy of A minus B in points, seed by seed on the same test images. "
+            "Spread: the range of the difference over seeds. McNemar: exact two-sided test on the "
+            "images that one model keeps and the other loses (a/b = robust only under A / only "
+            "under B); p < 0.05 says the two models of that seed differ beyond test-image sampling."
+        )
+        L.append("")
+        L.append(
+            "| A minus B | per seed | mean | spread | McNemar per seed | mean exceeds the spread? |"
+        )
+        L.append("|---|---|---|---|---|---|")
+        for la, lb, ps in pair_rows:
+            per_seed = ", ".join(f"s{x.seed} {100 * x.diff:+.1f}" for x in ps) or DASH
+            mean = f"{100 * statistics.fmean(x.diff for x in ps):+.1f}" if ps else DASH
+            spread = (
+                f"{100 * (max(x.diff for x in ps) - min(x.diff for x in ps)):.1f}"
+                if len(ps) > 1
+                else DASH
+            )
+            mc = (
+                ", ".join(
+                    f"s{x.seed} {x.a_only}/{x.b_only} p={x.p:.2g}"
+                    if x.p is not None
+                    else f"s{x.seed} {DASH}"
+                    for x in ps
+                )
+                or DASH
+            )
+            L.append(
+                f"| {la} − {lb} | {per_seed} | {mean} | {spread} | {mc} | {paired_verdict(ps)} |"
+            )
+        L.append("")
+
     L += ["## Plots", ""]
     L.append("Robust (PGD, held-out training images) and clean validation accuracy per epoch:")
     L.append("")
@@ -590,6 +712,15 @@ def write_report(runs_dir: Path, out_dir: Path) -> Path:
         L.append(f"- Incomplete: {done} of {expected} trainings and evaluations have finished.")
     for line in reading(summaries, labels, n_test=n_test, class_diff=class_diff):
         L.append(f"- {line}")
+    for la, lb, ps in pair_rows:
+        if ps:
+            mean = 100 * statistics.fmean(x.diff for x in ps)
+            sig = [x for x in ps if x.p is not None and x.p < 0.05]
+            L.append(
+                f"- {la} minus {lb} ({aa_label}, paired): {mean:+.1f} points on average over "
+                f"{len(ps)} seed(s); mean exceeds the seed spread: {paired_verdict(ps)}; "
+                f"McNemar p < 0.05 on {len(sig)} of {len(ps)} seed(s)."
+            )
     flagged = [
         (r, k, res)
         for r in runs
@@ -600,6 +731,20 @@ def write_report(runs_dir: Path, out_dir: Path) -> Path:
         L.append(
             f"- Evaluation warning ({r.method} seed {r.seed}, {eval_label.get(k, k)}): "
             + "; ".join(res.get("warnings") or ["marked unreliable"])
+        )
+    if "gkl" in method_label:
+        L.append(
+            "- Caveat on the GKL recipe: its eps ramp eps_t = eps · t/E reaches the full eps only at "
+            "the last epoch, so the GKL arm trains at half the final eps on average and at the full "
+            "eps for one epoch. At the paper's 200 epochs the same ramp gives many epochs close to the "
+            "full eps (the last 20 are above 90% of it); at 10 epochs only the last one is, so the "
+            "ramp costs GKL more here than it would at full length."
+            + (
+                " The GKL-loss-only arm, trained at the full eps from epoch 1, separates the loss "
+                "from the ramp."
+                if "gkl_loss" in method_label
+                else ""
+            )
         )
     L.append(
         "- Caveat: small models, a training subset and short schedules are not the papers' setting "
@@ -627,6 +772,13 @@ def write_report(runs_dir: Path, out_dir: Path) -> Path:
                 "eval_seconds": r.eval_seconds,
                 "commands": r.commands,
                 "per_class": per_class(r, study),
+                "eval_flags": {
+                    k: {
+                        "unreliable": bool(res.get("unreliable")),
+                        "warnings": res.get("warnings") or [],
+                    }
+                    for k, res in r.evals.items()
+                },
                 "val_curve": [
                     {
                         "epoch": e["epoch"],
@@ -643,6 +795,15 @@ def write_report(runs_dir: Path, out_dir: Path) -> Path:
             for m, d in summaries.items()
         },
         "plots": {k: p.name for k, p in plots.items()},
+        "paired": [
+            {
+                "a": la,
+                "b": lb,
+                "seeds": [asdict(x) | {"p": x.p} for x in ps],
+                "verdict": paired_verdict(ps),
+            }
+            for la, lb, ps in pair_rows
+        ],
     }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return readme

@@ -3,7 +3,7 @@
     python scripts/experiments/study_b_fashion_mnist.py            # the whole study, then the report
     python scripts/experiments/study_b_fashion_mnist.py --dry-run  # print every command, run nothing
 
-Trains configs/exp/study_fmnist_{pgdat,trades,gkl}.yaml with seeds 0 and 1, evaluates each `last.pt`
+Trains configs/exp/study_fmnist_{pgdat,trades,gkl,gkl_loss}.yaml with seeds 0 and 1, evaluates each `last.pt`
 with PGD-20 (first 1,000 test images) and AutoAttack standard (first 300 test images) at eps
 0.1, and writes results/study_b_fashion_mnist/. Rerunning skips finished work (docs/studies.md).
 """
@@ -20,7 +20,9 @@ AA_EXAMPLES = 300
 SCALING = f"""
 Fashion-MNIST (real data, 1×28×28), L∞ eps 0.1. Same design as study A, smaller: the configs
 `configs/exp/study_fmnist_{{pgdat,trades,gkl}}.yaml` inherit study A's and change only the dataset, the
-width, the epochs and the attack radius.
+width, the epochs and the attack radius. The ablation arm **GKL loss only** (`study_fmnist_gkl_loss`) trains
+the GKL loss under exactly the TRADES arm's recipe (constant eps 0.1 from epoch 1, 5 steps of 0.05, lr 0.1
+with ×0.1 from epochs 6 and 8, no AWP, no averaging), as in study A.
 
 | | this study | how it was scaled |
 |---|---|---|
@@ -42,6 +44,7 @@ STUDY = Study(
         Method("PGD-AT", "pgdat", "study_fmnist_pgdat", relative_cost=0.55),
         Method("TRADES", "trades", "study_fmnist_trades", relative_cost=0.8),
         Method("GKL", "gkl", "study_fmnist_gkl", relative_cost=1.0),
+        Method("GKL loss only", "gkl_loss", "study_fmnist_gkl_loss", relative_cost=0.82),
     ),
     seeds=(0, 1),
     evals=(
