@@ -321,7 +321,7 @@ def test_official_step_updates_weights_and_class_accumulator() -> None:
             "attack_alpha": 1.0,
             "attack_beta": 0.0,
             "attack_gamma": 1.0,
-            "temperature": 4.0,
+            "weight_temperature": 4.0,
         },
     )
     before = [p.detach().clone() for p in official.model.parameters()]

@@ -227,7 +227,7 @@ class OfficialLoop:
         loss = self.loss(logits_adv, logits_nat, y, prior)
         with torch.no_grad():
             onehot = F.one_hot(y, self.num_classes).float()
-            self.accumulator += onehot.T @ F.softmax(logits_nat.detach() / c["temperature"], dim=1)
+            self.accumulator += onehot.T @ F.softmax(logits_nat.detach() / c["weight_temperature"], dim=1)
         self.optimizer.zero_grad()
         loss.backward()
         self.optimizer.step()
