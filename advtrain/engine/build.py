@@ -15,6 +15,11 @@ from torch import nn
 
 from advtrain.errors import ConfigError
 
+# Re-exported while engine/, bench/ and the tests switch to their homes (issue #13): device resolution lives in
+# utils/distributed.py, building a model from a config in models/loading.py.
+from advtrain.models.loading import model_from_config as build_model  # noqa: F401
+from advtrain.utils.distributed import resolve_device  # noqa: F401
+
 TOP_LEVEL_KEYS = {
     "data",
     "model",
@@ -96,23 +101,6 @@ def _call_with(group: str, fn: Callable[..., Any], kwargs: dict[str, Any], **fix
     if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
         check_keys(group, kwargs, [k for k in params if k not in fixed and k != "self"])
     return fn(**fixed, **kwargs)
-
-
-def resolve_device(name: str) -> torch.device:
-    """`auto` -> CUDA when available, else CPU; a CUDA request on a CPU machine is a clear error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(
-            f"device={name!r} is not a device; use auto, cpu, cuda or cuda:N"
-        ) from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(
-            f"device={name} but no CUDA GPU is available here; use device=cpu or device=auto"
-        )
-    return dev
 
 
 def _int_at_least(where: str, value: Any, minimum: int, *, allow_none: bool = False) -> None:
@@ -249,32 +237,6 @@ def validate_config(cfg: dict[str, Any], world_size: int = 1) -> None:
             raise ConfigError(
                 "logger=wandb but the wandb package is not installed: `pip install wandb` or use logger=jsonl"
             ) from None
-
-
-def build_model(cfg: dict[str, Any]) -> nn.Module:
-    """The model of `cfg['model']` for the dataset of `cfg['data']` (normalisation inside)."""
-    from advtrain.data import get_info
-    from advtrain.models import build_model as zoo_build
-
-    mcfg = dict(cfg["model"])
-    name = mcfg.pop("name")
-    normalize = mcfg.pop("normalize", True)
-    info = get_info(cfg["data"]["name"])
-    for key, want in (("num_classes", info.num_classes), ("in_channels", info.channels)):
-        given = mcfg.pop(key, want)
-        if given != want:
-            raise ConfigError(
-                f"model.{key}={given} disagrees with data={info.name} ({want}); the model takes it from the "
-                f"dataset, remove model.{key}"
-            )
-    return zoo_build(
-        name,
-        info.num_classes,
-        in_channels=info.channels,
-        mean=info.mean if normalize else None,
-        std=info.std if normalize else None,
-        **mcfg,
-    )
 
 
 def build_loss(cfg: dict[str, Any]) -> nn.Module:

@@ -34,7 +34,6 @@ statistically equivalent, not bit-identical, numbers: the random starts differ, 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -53,6 +52,8 @@ from advtrain.attacks.pgd import model_mode
 from advtrain.errors import ConfigError
 from advtrain.eval import checks
 from advtrain.utils.checkpoint import atomic_torch_save, atomic_write_bytes
+from advtrain.utils.distributed import barrier, group_rank_world
+from advtrain.utils.hashing import model_hash, tensors_sha256
 
 __all__ = [
     "ATTACK_NAMES",
@@ -205,25 +206,6 @@ def build_autoattack(
     return aa
 
 
-def _sha256_tensors(*tensors: Tensor) -> str:
-    h = hashlib.sha256()
-    for t in tensors:
-        t = t.detach().cpu().contiguous()
-        h.update(f"{t.dtype}:{tuple(t.shape)}".encode())
-        if t.numel():
-            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
-def model_hash(model: nn.Module) -> str:
-    """SHA-256 over the class name, parameters and all buffers (normalisation constants included)."""
-    h = hashlib.sha256(type(model).__qualname__.encode())
-    for name, t in [*model.named_parameters(), *model.named_buffers()]:
-        h.update(name.encode())
-        h.update(_sha256_tensors(t).encode())
-    return h.hexdigest()
-
-
 def _model_device(model: nn.Module) -> torch.device:
     p = next(model.parameters(), None)
     if p is None:
@@ -311,14 +293,6 @@ def _check_meta(found: dict[str, Any], expected: dict[str, Any], where: Path) ->
         )
 
 
-def _dist_info() -> tuple[int, int]:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def _wait_for_files(paths: Sequence[Path], poll_s: float = 2.0) -> None:
     """Wait until other ranks have written their shards.
 
@@ -331,13 +305,6 @@ def _wait_for_files(paths: Sequence[Path], poll_s: float = 2.0) -> None:
         if not missing:
             return
         time.sleep(poll_s)
-
-
-def _barrier() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.barrier()
 
 
 # --------------------------------------------------------------------------------------------
@@ -432,7 +399,7 @@ def run_autoattack(
         raise ConfigError(
             f"device={dev} but the model is on {model_dev}; move the model first (model.to(device))"
         )
-    rank, world = _dist_info()
+    rank, world = group_rank_world()
     state_path = Path(state_dir) if state_dir is not None else None
     if world > 1 and state_path is None:
         raise ConfigError(
@@ -457,7 +424,7 @@ def run_autoattack(
         "shard_size": shard_size,
         "n_examples": n,
         "model_hash": model_hash(model),
-        "data_hash": _sha256_tensors(x, y),
+        "data_hash": tensors_sha256([x, y]),
     }
     bounds = [(s, min(s + shard_size, n)) for s in range(0, n, shard_size)]
     mine = [i for i in range(len(bounds)) if i % world == rank]
@@ -466,14 +433,14 @@ def run_autoattack(
         meta_file = state_path / "meta.json"
         if meta_file.exists():
             _check_meta(json.loads(meta_file.read_text()), meta, meta_file)
-        _barrier()  # every rank has checked before rank 0 may create the file
+        barrier()  # every rank has checked before rank 0 may create the file
         if rank == 0:
             state_path.mkdir(parents=True, exist_ok=True)
             if not meta_file.exists():
                 atomic_write_bytes(meta_file, json.dumps(meta, indent=2) + "\n")
             for stale in state_path.glob(".shard_*.tmp"):  # left by a kill mid-write
                 stale.unlink(missing_ok=True)
-        _barrier()
+        barrier()
 
     preflight_warnings: list[str] = []
     done: dict[int, _Shard] = {}
@@ -511,7 +478,7 @@ def run_autoattack(
         _wait_for_files(
             [state_path / f"shard_{i:05d}.pt" for i in range(len(bounds)) if i not in done]
         )
-    _barrier()
+    barrier()
     shards: list[_Shard] = []
     for i, b in enumerate(bounds):
         if i in done:

@@ -17,30 +17,26 @@ Three ways to name the model: an advtrain checkpoint (`ckpt=`), a plain state di
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
 import os
 import time
-from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
-from advtrain.errors import CheckpointError, ConfigError
+from advtrain.errors import ConfigError
 from advtrain.eval import checks
+from advtrain.models.loading import LoadedModel, ModelSource, load_model
+from advtrain.utils.distributed import init_distributed
+from advtrain.utils.versions import package_versions
 
 __all__ = [
-    "LoadedModel",
-    "file_sha256",
     "format_summary",
     "load_eval_model",
     "load_test_set",
-    "package_versions",
     "run_eval",
 ]
 
@@ -70,37 +66,12 @@ PRESET_KEYS = {
     "pgd": {"name", "kind", "norm", "eps", "steps", "step_size", "restarts", "objective"},
     "autoattack": {"name", "kind", "norm", "eps", "version", "attacks", "n_restarts", "pgd_steps"},
 }
-ROBUSTBENCH_DATASETS = ("cifar10", "cifar100")
 DEFAULT_SHARD = 1000
 
 
 # --------------------------------------------------------------------------------------------
 # small helpers
 # --------------------------------------------------------------------------------------------
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """SHA-256 of a file, streamed (checkpoints can be gigabytes)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def package_versions() -> dict[str, str | None]:
-    """Versions of everything that can change a robustness number."""
-    out: dict[str, str | None] = {}
-    for dist in ("advtrain", "torch", "torchvision", "pyautoattack", "robustbench", "numpy"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            out[dist] = None
-    if out["advtrain"] is None:  # running from a source tree without installing
-        import advtrain
-
-        out["advtrain"] = str(advtrain.__version__)
-    return out
 
 
 def _finite_or_none(v: float) -> float | None:
@@ -114,173 +85,13 @@ def _per_class(correct: torch.Tensor, labels: torch.Tensor, num_classes: int) ->
 
 
 # --------------------------------------------------------------------------------------------
-# model loading (shared with `advtrain export`)
+# model and data loading (shared with `advtrain export`)
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass
-class LoadedModel:
-    """A model ready for evaluation plus what it was built from (recorded in results.json)."""
-
-    model: nn.Module
-    dataset: str
-    source: str  # advtrain | state_dict | robustbench
-    name: str  # zoo architecture name or RobustBench id
-    model_config: dict[str, Any] | None
-    ckpt_path: str | None
-    ckpt_sha256: str | None
-    use_ema: bool | None
-    state_dict: dict[str, torch.Tensor] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-
-
-def _robustbench_model(cfg: dict[str, Any], dataset: str, norm: str) -> LoadedModel:
-    rb = cfg.get("robustbench") or {}
-    name = str(rb["name"])
-    threat = rb.get("threat_model") or norm
-    if dataset not in ROBUSTBENCH_DATASETS:
-        raise ConfigError(f"RobustBench has no {dataset} models; use data=cifar10 or data=cifar100")
-    if threat not in ("Linf", "L2", "corruptions"):
-        raise ConfigError(f"robustbench.threat_model={threat!r}: use Linf, L2 or corruptions")
-    try:
-        from robustbench.model_zoo import model_dicts
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ConfigError(
-            f"robustbench cannot be imported ({e}); install robustbench==1.1.1"
-        ) from None
-    from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
-
-    zoo = model_dicts[BenchmarkDataset(dataset)][ThreatModel(threat)]
-    if name not in zoo:
-        raise ConfigError(
-            f"{name!r} is not a RobustBench {dataset}/{threat} model id (see robustbench.model_zoo); "
-            "for your own weights use ckpt=PATH (advtrain checkpoint) or model=NAME ckpt=PATH"
-        )
-    import timm
-
-    timm_name = f"{name.lower().replace('-', '_')}_{dataset}_{threat.lower()}"
-    if timm.is_model(timm_name):  # load_model would fetch these from the Hugging Face hub
-        raise CheckpointError(
-            f"{name} is served through timm ({timm_name}) and would be downloaded from the Hugging "
-            "Face hub; advtrain evaluates only zoo models whose weights are already on disk"
-        )
-    model_dir = Path(rb.get("model_dir") or "./models")
-    folder = model_dir / dataset / threat
-    gid = zoo[name].get("gdrive_id")
-    files = (
-        [folder / f"{name}.pt_m{i}.pt" for i in range(len(gid))]
-        if isinstance(gid, list)
-        else [folder / f"{name}.pt"]
-    )
-    missing = [str(p) for p in files if not p.is_file()]
-    if missing:
-        raise CheckpointError(
-            f"RobustBench weights for {name} are not on disk: put them at {', '.join(missing)} "
-            "(advtrain never downloads; fetch them with robustbench.utils.load_model on a machine "
-            "with internet and copy the models folder)"
-        )
-    from robustbench.utils import load_model
-
-    try:
-        model = load_model(name, model_dir=str(model_dir), dataset=dataset, threat_model=threat)
-    except Exception as e:  # robustbench raises bare RuntimeError/KeyError for bad files
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"robustbench could not load {files[0]}: {first[:200]}") from None
-    sha = (
-        file_sha256(files[0])
-        if len(files) == 1
-        else hashlib.sha256("".join(file_sha256(p) for p in files).encode()).hexdigest()
-    )
-    return LoadedModel(
-        model=model,
-        dataset=dataset,
-        source="robustbench",
-        name=name,
-        model_config=None,
-        ckpt_path=str(files[0].resolve()),
-        ckpt_sha256=sha,
-        use_ema=None,
-    )
-
-
 def load_eval_model(cfg: dict[str, Any], *, norm: str = "Linf") -> LoadedModel:
-    """Build and load the model `cfg` names (on the CPU, eval mode).
-
-    * `robustbench.name` -> RobustBench zoo model (weights must exist under model_dir);
-    * `model` group + `ckpt` -> a plain state dict for that zoo architecture, dataset from `data`;
-    * `ckpt` alone -> an advtrain checkpoint, architecture and dataset from its config.
-    """
-    from advtrain.engine.build import build_model
-    from advtrain.models import load_model_state
-    from advtrain.utils.checkpoint import load_checkpoint, load_state_dict_file
-
-    data_name = (cfg.get("data") or {}).get("name", "cifar10")
-    rb = cfg.get("robustbench") or {}
-    ckpt = cfg.get("ckpt")
-    mcfg = cfg.get("model")
-    if rb.get("name"):
-        if ckpt or mcfg:
-            raise ConfigError(
-                "give either robustbench.name=ID or ckpt=PATH (with model=NAME), not both"
-            )
-        return _robustbench_model(cfg, data_name, norm)
-    if not ckpt:
-        raise ConfigError(
-            "nothing to evaluate: set ckpt=PATH (advtrain checkpoint), model=NAME ckpt=PATH "
-            "(plain state dict) or robustbench.name=ID"
-        )
-    path = Path(str(ckpt)).expanduser()
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    sha = file_sha256(path)
-    if mcfg:  # plain state dict for a zoo architecture
-        if cfg.get("use_ema"):
-            raise ConfigError(
-                "use_ema=true needs an advtrain checkpoint; a plain state dict has one set of weights"
-            )
-        model = build_model({"model": dict(mcfg), "data": {"name": data_name}})
-        sd = load_state_dict_file(path)
-        load_model_state(model, sd)
-        return LoadedModel(
-            model=model.eval(),
-            dataset=data_name,
-            source="state_dict",
-            name=str(mcfg["name"]),
-            model_config=dict(mcfg),
-            ckpt_path=str(path.resolve()),
-            ckpt_sha256=sha,
-            use_ema=None,
-            state_dict=dict(model.state_dict()),
-        )
-    data = load_checkpoint(path)
-    config = data.get("config") or {}
-    if "model" not in config or "data" not in config:
-        raise CheckpointError(
-            f"{path} has no model/data config; evaluate it with model=NAME ckpt=PATH"
-        )
-    ema = data.get("ema")
-    use_ema = cfg.get("use_ema")
-    use_ema = ema is not None if use_ema is None else bool(use_ema)
-    if use_ema and ema is None:
-        raise ConfigError(f"use_ema=true but {path} holds no EMA weights; use use_ema=false")
-    model = build_model(config)
-    load_model_state(model, ema if use_ema else data["model"])
-    dataset = config["data"]["name"]
-    notes = []
-    if data_name != dataset:
-        notes.append(f"evaluated on the checkpoint's dataset {dataset} (data={data_name} ignored)")
-    return LoadedModel(
-        model=model.eval(),
-        dataset=dataset,
-        source="advtrain",
-        name=str(config["model"]["name"]),
-        model_config=dict(config["model"]),
-        ckpt_path=str(path.resolve()),
-        ckpt_sha256=sha,
-        use_ema=use_ema,
-        state_dict=dict(model.state_dict()),
-        notes=notes,
-    )
+    """The model `cfg` names (see advtrain.models.loading.ModelSource.from_config)."""
+    return load_model(ModelSource.from_config(cfg), norm=norm)
 
 
 def load_test_set(
@@ -300,39 +111,6 @@ def load_test_set(
             f"n_examples={n_examples} but the {dataset} test split has {total} images"
         )
     return images[:n_examples], labels[:n_examples], total
-
-
-# --------------------------------------------------------------------------------------------
-# distributed (torchrun)
-# --------------------------------------------------------------------------------------------
-
-
-def _maybe_init_distributed(device: torch.device) -> tuple[int, int, bool]:
-    """(rank, world, we_initialised) from torchrun's environment; gloo on CPU, NCCL on CUDA."""
-    import torch.distributed as dist
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1 or not dist.is_available():
-        return 0, 1, False
-    if dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size(), False
-    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return dist.get_rank(), dist.get_world_size(), True
-
-
-def _device(cfg: dict[str, Any]) -> torch.device:
-    from advtrain.engine.build import resolve_device
-
-    dev = resolve_device(str(cfg.get("device") or "auto"))
-    local = os.environ.get("LOCAL_RANK")
-    if (
-        dev.type == "cuda"
-        and dev.index is None
-        and local is not None
-        and int(os.environ.get("WORLD_SIZE", "1")) > 1
-    ):
-        dev = torch.device("cuda", int(local))
-    return dev
 
 
 # --------------------------------------------------------------------------------------------
@@ -365,8 +143,9 @@ def _preset(cfg: dict[str, Any]) -> dict[str, Any]:
 
 def run_eval(cfg: dict[str, Any]) -> dict[str, Any]:
     """Evaluate the model `cfg` names; write results.json, autoattack.log, per_example.pt."""
-    from advtrain.eval.autoattack import model_hash, run_autoattack
+    from advtrain.eval.autoattack import run_autoattack
     from advtrain.eval.evaluate import clean_correct, pgd_correct
+    from advtrain.utils.hashing import model_hash
 
     started = time.perf_counter()
     unknown = sorted(set(cfg) - TOP_KEYS)
@@ -384,196 +163,188 @@ def run_eval(cfg: dict[str, Any]) -> dict[str, Any]:
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ConfigError(f"seed={seed!r} must be an integer")
     run_dir = Path(cfg.get("run_dir") or ".")
-    device = _device(cfg)
-    rank, world, we_initialised = _maybe_init_distributed(device)
-    try:
-        loaded = load_eval_model(cfg, norm=norm)
-        model = loaded.model.to(device).eval()
-        from advtrain.data import get_info
+    env, device, _ = init_distributed(str(cfg.get("device") or "auto"))
+    rank, world = env.rank, env.world_size
+    loaded = load_eval_model(cfg, norm=norm)
+    model = loaded.model.to(device).eval()
+    from advtrain.data import get_info
 
-        info = get_info(loaded.dataset)
-        checks.check_eps(norm, eps, (info.channels, info.size, info.size))
-        root = (cfg.get("data") or {}).get("root")
-        images, labels, total = load_test_set(loaded.dataset, root, cfg.get("n_examples"))
-        n = int(labels.shape[0])
-        x = images.float().div_(255.0)
-        warnings: list[str] = list(loaded.notes)
-        results: dict[str, Any] = {
-            "format": RESULTS_FORMAT,
-            "format_version": RESULTS_VERSION,
-            "preset": ev.get("name"),
-            "kind": kind,
-            "dataset": loaded.dataset,
-            "n_examples": n,
-            "test_set_size": total,
-            "complete": n == total,
-            "norm": norm,
-            "eps": eps,
-            "eps_str": checks.eps_to_str(eps),
-            "version": ev.get("version"),
-            "attacks": None,
-            "n_restarts": ev.get("n_restarts"),
-            "seed": seed,
-            "batch_size": batch_size,
-            "shard_size": None,
-            "clean_acc": None,
-            "robust_acc": None,
-            "robust_metric": None,
-            "per_attack_robust_acc": None,
-            "pgd": None,
-            "per_class": {"names": list(info.class_names), "clean_acc": None, "robust_acc": None},
-            "model": {
-                "source": loaded.source,
-                "name": loaded.name,
-                "config": loaded.model_config,
-                "hash": model_hash(model),
-                "num_parameters": sum(p.numel() for p in model.parameters()),
-            },
-            "checkpoint": {
-                "path": loaded.ckpt_path,
-                "sha256": loaded.ckpt_sha256,
-                "use_ema": loaded.use_ema,
-            },
-            "versions": package_versions(),
-            "device": str(device),
-            "world_size": world,
-            "run_dir": str(run_dir),
-        }
-        log.info(
-            "evaluating %s (%s) on %d %s test images: %s",
-            loaded.name,
-            loaded.source,
-            n,
-            loaded.dataset,
-            ev.get("name"),
-        )
+    info = get_info(loaded.dataset)
+    checks.check_eps(norm, eps, (info.channels, info.size, info.size))
+    root = (cfg.get("data") or {}).get("root")
+    images, labels, total = load_test_set(loaded.dataset, root, cfg.get("n_examples"))
+    n = int(labels.shape[0])
+    x = images.float().div_(255.0)
+    warnings: list[str] = list(loaded.notes)
+    results: dict[str, Any] = {
+        "format": RESULTS_FORMAT,
+        "format_version": RESULTS_VERSION,
+        "preset": ev.get("name"),
+        "kind": kind,
+        "dataset": loaded.dataset,
+        "n_examples": n,
+        "test_set_size": total,
+        "complete": n == total,
+        "norm": norm,
+        "eps": eps,
+        "eps_str": checks.eps_to_str(eps),
+        "version": ev.get("version"),
+        "attacks": None,
+        "n_restarts": ev.get("n_restarts"),
+        "seed": seed,
+        "batch_size": batch_size,
+        "shard_size": None,
+        "clean_acc": None,
+        "robust_acc": None,
+        "robust_metric": None,
+        "per_attack_robust_acc": None,
+        "pgd": None,
+        "per_class": {"names": list(info.class_names), "clean_acc": None, "robust_acc": None},
+        "model": {
+            "source": loaded.source,
+            "name": loaded.name,
+            "config": loaded.model_config,
+            "hash": model_hash(model),
+            "num_parameters": sum(p.numel() for p in model.parameters()),
+        },
+        "checkpoint": {
+            "path": loaded.ckpt_path,
+            "sha256": loaded.ckpt_sha256,
+            "use_ema": loaded.use_ema,
+        },
+        "versions": package_versions(),
+        "device": str(device),
+        "world_size": world,
+        "run_dir": str(run_dir),
+    }
+    log.info(
+        "evaluating %s (%s) on %d %s test images: %s",
+        loaded.name,
+        loaded.source,
+        n,
+        loaded.dataset,
+        ev.get("name"),
+    )
 
-        robust = None
-        if kind == "autoattack":
-            state_dir = cfg.get("state_dir")
-            if state_dir is None:
-                if world > 1:
-                    raise ConfigError(
-                        "under torchrun set state_dir=PATH (a folder every rank can reach)"
-                    )
-                state_dir = run_dir / "aa_state"
-            log.info(
-                "AutoAttack state in %s (rerun with state_dir=%s to resume)", state_dir, state_dir
-            )
-            aa = run_autoattack(
-                model,
-                x,
-                labels,
-                norm=norm,
-                eps=eps,
-                version=ev["version"],
-                attacks=ev.get("attacks"),
-                seed=seed,
-                batch_size=batch_size,
-                state_dir=state_dir,
-                device=device,
-                shard_size=shard_size,
-                progress=bool(cfg.get("progress", True)),
-                n_restarts=ev.get("n_restarts"),
-            )
-            clean, robust = aa.clean_correct, aa.robust_correct
-            warnings += aa.preflight_warnings + [f"AutoAttack: {w}" for w in aa.aa_warnings]
-            results.update(
-                attacks=aa.attacks,
-                n_restarts=aa.meta["n_restarts"],
-                shard_size=aa.meta["shard_size"],
-                state_dir=str(state_dir),
-                robust_metric="autoattack",
-                per_attack_robust_acc=aa.per_attack_robust_acc,
-                aa_shards={"total": aa.n_shards, "resumed": aa.shards_resumed},
-            )
-            # RobustBench re-evaluates x_adv to get its number: the two must agree.
-            reeval = clean_correct(model, aa.x_adv, labels, batch_size=batch_size)
-            if not torch.equal(reeval, robust):
-                warnings.append(
-                    f"re-evaluating x_adv gives {int(reeval.sum())} correct vs AutoAttack's "
-                    f"{int(robust.sum())}: the model is not deterministic"
+    robust = None
+    if kind == "autoattack":
+        state_dir = cfg.get("state_dir")
+        if state_dir is None:
+            if world > 1:
+                raise ConfigError(
+                    "under torchrun set state_dir=PATH (a folder every rank can reach)"
                 )
-            if rank == 0:
-                (run_dir / "autoattack.log").parent.mkdir(parents=True, exist_ok=True)
-                (run_dir / "autoattack.log").write_text(aa.log_text)
-                results["files"] = {"log": "autoattack.log"}
-                if cfg.get("save_x_adv"):
-                    torch.save({"x_adv": aa.x_adv, "y": labels}, run_dir / "x_adv.pt")
-        else:
-            from advtrain.attacks.pgd import model_mode
-
-            with model_mode(model, training=False):
-                warnings += checks.preflight(model, x[:batch_size].to(device), norm=norm, eps=eps)
-            clean = clean_correct(model, images, labels, batch_size=batch_size)
-
-        pgd_steps = int(ev.get("steps") or 0) if kind == "pgd" else int(ev.get("pgd_steps") or 0)
-        if pgd_steps > 0 and norm in ("Linf", "L2"):
-            objective = ev.get("objective", "ce") if kind == "pgd" else "ce"
-            restarts = int(ev.get("restarts") or 1) if kind == "pgd" else 1
-            step_size = ev.get("step_size") if kind == "pgd" else None
-            step_size = eps / 4 if step_size is None else checks.parse_eps(step_size)
-            pgd_name = f"{'CW' if objective == 'cw' else 'PGD'}-{pgd_steps}"
-            log.info("running %s on %d images", pgd_name, n)
-            pgd_ok = pgd_correct(
-                model,
-                images,
-                labels,
-                norm=norm,
-                eps=eps,
-                steps=pgd_steps,
-                step_size=step_size,
-                objective=objective,
-                restarts=restarts,
-                batch_size=batch_size,
-                seed=seed,
+            state_dir = run_dir / "aa_state"
+        log.info("AutoAttack state in %s (rerun with state_dir=%s to resume)", state_dir, state_dir)
+        aa = run_autoattack(
+            model,
+            x,
+            labels,
+            norm=norm,
+            eps=eps,
+            version=ev["version"],
+            attacks=ev.get("attacks"),
+            seed=seed,
+            batch_size=batch_size,
+            state_dir=state_dir,
+            device=device,
+            shard_size=shard_size,
+            progress=bool(cfg.get("progress", True)),
+            n_restarts=ev.get("n_restarts"),
+        )
+        clean, robust = aa.clean_correct, aa.robust_correct
+        warnings += aa.preflight_warnings + [f"AutoAttack: {w}" for w in aa.aa_warnings]
+        results.update(
+            attacks=aa.attacks,
+            n_restarts=aa.meta["n_restarts"],
+            shard_size=aa.meta["shard_size"],
+            state_dir=str(state_dir),
+            robust_metric="autoattack",
+            per_attack_robust_acc=aa.per_attack_robust_acc,
+            aa_shards={"total": aa.n_shards, "resumed": aa.shards_resumed},
+        )
+        # RobustBench re-evaluates x_adv to get its number: the two must agree.
+        reeval = clean_correct(model, aa.x_adv, labels, batch_size=batch_size)
+        if not torch.equal(reeval, robust):
+            warnings.append(
+                f"re-evaluating x_adv gives {int(reeval.sum())} correct vs AutoAttack's "
+                f"{int(robust.sum())}: the model is not deterministic"
             )
-            results["pgd"] = {
-                "name": pgd_name,
-                "steps": pgd_steps,
-                "step_size": step_size,
-                "objective": objective,
-                "restarts": restarts,
-                "acc": float(pgd_ok.float().mean()),
-            }
-            if kind == "pgd":
-                robust = pgd_ok
-                results["robust_metric"] = pgd_name
-
-        results["clean_acc"] = float(clean.float().mean())
-        results["per_class"]["clean_acc"] = _per_class(clean, labels, info.num_classes)
-        if robust is not None:
-            results["robust_acc"] = float(robust.float().mean())
-            results["per_class"]["robust_acc"] = _per_class(robust, labels, info.num_classes)
-        masking = checks.masking_warnings(
-            aa_robust_acc=results["robust_acc"] if kind == "autoattack" else None,
-            pgd_robust_acc=(results["pgd"] or {}).get("acc") if kind == "autoattack" else None,
-            pgd_name=(results["pgd"] or {}).get("name", "PGD"),
-            per_attack=results["per_attack_robust_acc"],
-        )
-        warnings += masking
-        results["warnings"] = warnings
-        results["unreliable"] = bool(masking) or any(
-            "randomized defense" in w or "dynamic defense" in w for w in warnings
-        )
-        results["wall_time_s"] = time.perf_counter() - started
-        for w in warnings:
-            log.warning("%s", w)
         if rank == 0:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            per_example = {"index": torch.arange(n), "label": labels, "clean_correct": clean}
-            if robust is not None:
-                per_example["robust_correct"] = robust
-            torch.save(per_example, run_dir / "per_example.pt")
-            results.setdefault("files", {})["per_example"] = "per_example.pt"
-            (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-            print(format_summary(results))
-        return results
-    finally:
-        if we_initialised:
-            import torch.distributed as dist
+            (run_dir / "autoattack.log").parent.mkdir(parents=True, exist_ok=True)
+            (run_dir / "autoattack.log").write_text(aa.log_text)
+            results["files"] = {"log": "autoattack.log"}
+            if cfg.get("save_x_adv"):
+                torch.save({"x_adv": aa.x_adv, "y": labels}, run_dir / "x_adv.pt")
+    else:
+        from advtrain.attacks.pgd import model_mode
 
-            dist.destroy_process_group()
+        with model_mode(model, training=False):
+            warnings += checks.preflight(model, x[:batch_size].to(device), norm=norm, eps=eps)
+        clean = clean_correct(model, images, labels, batch_size=batch_size)
+
+    pgd_steps = int(ev.get("steps") or 0) if kind == "pgd" else int(ev.get("pgd_steps") or 0)
+    if pgd_steps > 0 and norm in ("Linf", "L2"):
+        objective = ev.get("objective", "ce") if kind == "pgd" else "ce"
+        restarts = int(ev.get("restarts") or 1) if kind == "pgd" else 1
+        step_size = ev.get("step_size") if kind == "pgd" else None
+        step_size = eps / 4 if step_size is None else checks.parse_eps(step_size)
+        pgd_name = f"{'CW' if objective == 'cw' else 'PGD'}-{pgd_steps}"
+        log.info("running %s on %d images", pgd_name, n)
+        pgd_ok = pgd_correct(
+            model,
+            images,
+            labels,
+            norm=norm,
+            eps=eps,
+            steps=pgd_steps,
+            step_size=step_size,
+            objective=objective,
+            restarts=restarts,
+            batch_size=batch_size,
+            seed=seed,
+        )
+        results["pgd"] = {
+            "name": pgd_name,
+            "steps": pgd_steps,
+            "step_size": step_size,
+            "objective": objective,
+            "restarts": restarts,
+            "acc": float(pgd_ok.float().mean()),
+        }
+        if kind == "pgd":
+            robust = pgd_ok
+            results["robust_metric"] = pgd_name
+
+    results["clean_acc"] = float(clean.float().mean())
+    results["per_class"]["clean_acc"] = _per_class(clean, labels, info.num_classes)
+    if robust is not None:
+        results["robust_acc"] = float(robust.float().mean())
+        results["per_class"]["robust_acc"] = _per_class(robust, labels, info.num_classes)
+    masking = checks.masking_warnings(
+        aa_robust_acc=results["robust_acc"] if kind == "autoattack" else None,
+        pgd_robust_acc=(results["pgd"] or {}).get("acc") if kind == "autoattack" else None,
+        pgd_name=(results["pgd"] or {}).get("name", "PGD"),
+        per_attack=results["per_attack_robust_acc"],
+    )
+    warnings += masking
+    results["warnings"] = warnings
+    results["unreliable"] = bool(masking) or any(
+        "randomized defense" in w or "dynamic defense" in w for w in warnings
+    )
+    results["wall_time_s"] = time.perf_counter() - started
+    for w in warnings:
+        log.warning("%s", w)
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        per_example = {"index": torch.arange(n), "label": labels, "clean_correct": clean}
+        if robust is not None:
+            per_example["robust_correct"] = robust
+        torch.save(per_example, run_dir / "per_example.pt")
+        results.setdefault("files", {})["per_example"] = "per_example.pt"
+        (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        print(format_summary(results))
+    return results
 
 
 def _pct(v: float | None) -> str:

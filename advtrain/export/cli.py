@@ -148,13 +148,14 @@ def _run_check(
     """RobustBench's own evaluation of the exported model on the first check_n_examples images."""
     from robustbench.utils import clean_accuracy
 
-    from advtrain.eval.cli import _device, load_test_set
+    from advtrain.eval.cli import load_test_set
+    from advtrain.utils.distributed import resolve_device
 
     dataset = results["dataset"]
     n = int(cfg.get("check_n_examples") or 100)
     bs = int(cfg.get("batch_size") or 100)
     seed = int(cfg.get("seed") or 0)
-    device = _device(cfg)
+    device = resolve_device(str(cfg.get("device") or "auto"))
     eps = float(results["eps"])
     log_path = out_dir / "check" / f"{model_id}_autoattack.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -236,8 +237,8 @@ def _run_check(
 def run_export(cfg: dict[str, Any]) -> dict[str, Any]:
     """Export the checkpoint `cfg['ckpt']` evaluated in `cfg['results']`; returns export.json's dict."""
     from advtrain.data import get_info
-    from advtrain.eval.autoattack import model_hash
     from advtrain.eval.cli import load_eval_model, load_test_set
+    from advtrain.utils.hashing import model_hash
 
     started = time.perf_counter()
     unknown = sorted(set(cfg) - TOP_KEYS)
@@ -324,7 +325,7 @@ def run_export(cfg: dict[str, Any]) -> dict[str, Any]:
     constructor, arch_note = robustbench_constructor(
         loaded.model_config or {"name": loaded.name}, dinfo.num_classes, dinfo.mean, dinfo.std
     )
-    sd = export_state_dict(loaded.state_dict or loaded.model.state_dict())
+    sd = export_state_dict(loaded.model.state_dict())
     verification: dict[str, Any] = {"robustbench_class": arch_note if constructor else None}
     rb_model = None
     if constructor is not None:

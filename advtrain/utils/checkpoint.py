@@ -25,6 +25,7 @@ from typing import Any, BinaryIO
 import torch
 
 from advtrain.errors import CheckpointError
+from advtrain.utils.hashing import update_with_tensor
 
 FORMAT = "advtrain-checkpoint"
 VERSION = 1
@@ -49,10 +50,7 @@ def strip_prefixes(state_dict: Mapping[str, Any]) -> dict[str, Any]:
 def _update_digest(h: Any, obj: Any, path: str = "") -> None:
     """Feed `obj` into the hash in a deterministic order; refuse types that need pickled code to load."""
     if isinstance(obj, torch.Tensor):
-        t = obj.detach().cpu().contiguous()
-        h.update(f"{path}:T:{t.dtype}:{tuple(t.shape)}".encode())
-        if t.numel():
-            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        update_with_tensor(h, obj, f"{path}:T:")
     elif isinstance(obj, Mapping):
         h.update(f"{path}:D{len(obj)}".encode())
         for k in sorted(obj, key=str):

@@ -1,8 +1,9 @@
-"""Multi-process training helpers: who am I, one process group, collectives that are no-ops alone.
+"""Devices and processes: who am I, which device is mine, one process group, collectives that are no-ops alone.
 
-Why a module of its own: the trainer, the run setup and the Hydra entry all need the same answers (rank, world
-size, device, backend) and the same few collectives, and every one of them must degrade to a plain single-process
-no-op so that `python -m advtrain train` and `torchrun --nproc_per_node=N -m advtrain train` run the same code.
+Why a module of its own: training, evaluation, export, the benchmarks and the Hydra entry all need the same
+answers (rank, world size, device, backend) and the same few collectives, and every one of them must degrade to a
+plain single-process no-op so that `python -m advtrain train` and `torchrun --nproc_per_node=N -m advtrain train`
+(or `eval`) run the same code. This is the only place that resolves a `device=` option or starts a process group.
 
 Launchers: `torchrun` (single or multi node) sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT;
 a Slurm job started by submitit with several tasks gets them from `submitit.helpers.TorchDistributedEnvironment`.
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import atexit
 import datetime
-import hashlib
 import logging
 import os
 from collections.abc import Iterable, Sequence
@@ -25,6 +25,7 @@ import torch
 import torch.distributed as dist
 
 from advtrain.errors import ConfigError
+from advtrain.utils.hashing import tensors_sha256
 
 log = logging.getLogger(__name__)
 
@@ -94,11 +95,14 @@ def current() -> DistEnv:
     return env_info()
 
 
-def resolve_device(name: str, env: DistEnv) -> torch.device:
+def resolve_device(name: str = "auto", env: DistEnv | None = None) -> torch.device:
     """The device of this rank: `auto`/`cuda` -> cuda:LOCAL_RANK under a launcher, else as single-process.
 
-    A CUDA request without a GPU and a fixed `cuda:N` under several processes are user mistakes.
+    The one device resolution of advtrain (training, evaluation, export and the benchmarks): `auto`
+    is CUDA when available, else the CPU. `env` defaults to the launcher's environment. A CUDA request
+    without a GPU and a fixed `cuda:N` under several processes are user mistakes (ConfigError).
     """
+    env = env_info() if env is None else env
     name = str(name)
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
@@ -194,6 +198,17 @@ def _active() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+def group_rank_world() -> tuple[int, int]:
+    """(rank, world size) of the running process group; (0, 1) when none is running.
+
+    Unlike `current()`, this never trusts the launcher's variables alone: code that shards work over
+    ranks (AutoAttack) must only do so when a group exists to gather the shards through.
+    """
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 def barrier() -> None:
     """Wait for every rank (no-op alone). On NCCL the barrier is pinned to this rank's GPU."""
     if not _active():
@@ -264,17 +279,6 @@ def average_gradients(params: Iterable[torch.nn.Parameter]) -> None:
         offset += n
 
 
-def fingerprint(tensors: Iterable[torch.Tensor]) -> str:
-    """SHA-256 over the bytes of `tensors` (on the CPU): equal strings <=> bit-identical tensors."""
-    h = hashlib.sha256()
-    for t in tensors:
-        c = t.detach().cpu().contiguous()
-        h.update(f"{c.dtype}{tuple(c.shape)}".encode())
-        if c.numel():
-            h.update(c.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
 def replicas_agree(tensors: Iterable[torch.Tensor]) -> bool:
     """Whether `tensors` are bit-identical on every rank (True alone).
 
@@ -283,7 +287,7 @@ def replicas_agree(tensors: Iterable[torch.Tensor]) -> bool:
     """
     if not _active():
         return True
-    prints = all_gather_object(fingerprint(tensors))
+    prints = all_gather_object(tensors_sha256(tensors))
     return len(set(prints)) == 1
 
 

@@ -21,7 +21,6 @@ at any time without rerunning anything.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
@@ -34,6 +33,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
+
+# The same file hash `advtrain eval` records in results.json (the "is this evaluation current" test).
+from advtrain.utils.hashing import file_sha256
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PLAN_FILE = "plan.json"
@@ -239,14 +241,6 @@ def _study_dict(study: Study) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------
 # state on disk: what is finished
 # ------------------------------------------------------------------------------------------------
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def training_done(train_dir: Path) -> bool:
