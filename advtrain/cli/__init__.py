@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from advtrain.errors import AdvtrainError
 
 CONFIG_DIR = Path(
-    os.environ.get("ADVTRAIN_CONFIG_DIR", Path(__file__).resolve().parents[1] / "configs")
+    os.environ.get("ADVTRAIN_CONFIG_DIR", Path(__file__).resolve().parents[2] / "configs")
 )
 log = logging.getLogger("advtrain")
 
