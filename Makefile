@@ -24,12 +24,12 @@ test-fast: install
 	$(PY) -m pytest -q -m "not slow"
 
 lint: install
-	$(VENV)/bin/ruff check advtrain autoattack tests scripts
-	$(VENV)/bin/ruff format --check advtrain autoattack tests scripts
+	$(VENV)/bin/ruff check advtrain benchmarks tests scripts
+	$(VENV)/bin/ruff format --check advtrain benchmarks tests scripts
 
 format: install
-	$(VENV)/bin/ruff format advtrain autoattack tests scripts
-	$(VENV)/bin/ruff check --fix advtrain autoattack tests scripts
+	$(VENV)/bin/ruff format advtrain benchmarks tests scripts
+	$(VENV)/bin/ruff check --fix advtrain benchmarks tests scripts
 
 bench: install
 	$(PY) -m advtrain bench

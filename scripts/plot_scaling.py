@@ -9,10 +9,11 @@ the GPU results copied back from another machine) without re-running anything.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 from pathlib import Path
 
-from advtrain.bench.scaling import plot
+from advtrain.cli.bench import load_benchmarks
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
         help="output PNG (default: scaling.png next to the JSON)",
     )
     args = parser.parse_args(argv)
+    load_benchmarks()  # benchmarks/ of this checkout (the script's own folder is on sys.path, not the root)
+    plot = importlib.import_module("benchmarks.scaling").plot
     data = json.loads(args.json.read_text())
     if data.get("benchmark") != "scaling":
         parser.error(f"{args.json} is not a scaling benchmark result")

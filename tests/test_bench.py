@@ -21,11 +21,22 @@ import pytest
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
+from reference.official_loop import (
+    OfficialLoop,
+    PILCifarDataset,
+    check_same_math,
+    official_dkl_loss,
+    official_perturb,
+    official_train_transform,
+)
 
 from advtrain.attacks import get_objective, make_threat, pgd
-from advtrain.bench import BENCHMARKS, get_benchmark
-from advtrain.bench.cli import run_bench
-from advtrain.bench.common import (
+from advtrain.errors import ConfigError
+from advtrain.losses import GKLLoss
+from advtrain.models import build_model
+from benchmarks import BENCHMARKS, get_benchmark
+from benchmarks.cli import run_bench
+from benchmarks.common import (
     BenchContext,
     BenchResult,
     Target,
@@ -37,18 +48,7 @@ from advtrain.bench.common import (
     summarize,
     write_result,
 )
-from advtrain.bench.harness import BareStep, build_trainer, train_config
-from advtrain.bench.official_loop import (
-    OfficialLoop,
-    PILCifarDataset,
-    check_same_math,
-    official_dkl_loss,
-    official_perturb,
-    official_train_transform,
-)
-from advtrain.errors import ConfigError
-from advtrain.losses import GKLLoss
-from advtrain.models import build_model
+from benchmarks.harness import BareStep, build_trainer, train_config
 
 REPO = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
@@ -470,7 +470,7 @@ def test_cli_unknown_setting_is_one_line(tmp_path: Path) -> None:
 
 
 def test_scaling_plot_writes_a_png(tmp_path: Path) -> None:
-    from advtrain.bench.scaling import plot
+    from benchmarks.scaling import plot
 
     def entry(model: str, bs: int, t: float) -> dict[str, Any]:
         return {

@@ -18,8 +18,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from advtrain.bench.fast_paths import _correct, _errors, _reference, _Variant, parse_variant
-from advtrain.bench.harness import build_trainer, train_config
 from advtrain.engine import fastpath
 from advtrain.engine.fastpath import (
     ProbeResult,
@@ -31,6 +29,8 @@ from advtrain.engine.fastpath import (
 from advtrain.errors import ConfigError
 from advtrain.models import build_model
 from advtrain.utils.cpu import CpuInfo, cpu_info
+from benchmarks.fast_paths import _correct, _errors, _reference, _Variant, parse_variant
+from benchmarks.harness import build_trainer, train_config
 
 CPU = torch.device("cpu")
 CUDA = torch.device("cuda")  # a device object only: nothing runs on it

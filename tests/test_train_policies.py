@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 import torch
 
-from advtrain.bench.harness import build_trainer, train_config
 from advtrain.engine.fastpath import resolve_attack_autocast, resolve_fast_paths
 from advtrain.errors import ConfigError
+from benchmarks.harness import build_trainer, train_config
 
 CPU = torch.device("cpu")
 

@@ -83,7 +83,7 @@ def _entry(command: str) -> tuple[str, Callable[[dict[str, Any]], Any]]:
         from advtrain.export.cli import run_export
 
         return "export", run_export
-    from advtrain.bench.cli import run_bench
+    from advtrain.cli.bench import run_bench
 
     return "bench", run_bench
 

@@ -16,7 +16,8 @@ from typing import Any
 
 import torch
 
-from advtrain.bench.common import (
+from advtrain.data import to_float
+from benchmarks.common import (
     BenchContext,
     BenchResult,
     Target,
@@ -24,8 +25,7 @@ from advtrain.bench.common import (
     compare,
     interleave,
 )
-from advtrain.bench.harness import BareStep, bench_data, build_trainer, train_config
-from advtrain.data import to_float
+from benchmarks.harness import BareStep, bench_data, build_trainer, train_config
 
 log = logging.getLogger(__name__)
 

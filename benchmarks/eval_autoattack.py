@@ -18,7 +18,8 @@ from typing import Any
 
 import torch
 
-from advtrain.bench.common import (
+from advtrain.data import to_float
+from benchmarks.common import (
     BenchContext,
     BenchResult,
     Target,
@@ -27,8 +28,7 @@ from advtrain.bench.common import (
     interleave,
     summarize,
 )
-from advtrain.bench.harness import bench_data
-from advtrain.data import to_float
+from benchmarks.harness import bench_data
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from advtrain.bench.common import (
+from advtrain.data import to_float
+from advtrain.engine.fastpath import resolve_fast_paths, run_probe
+from benchmarks.common import (
     BenchContext,
     BenchResult,
     Target,
@@ -37,9 +39,7 @@ from advtrain.bench.common import (
     summarize,
     synchronize,
 )
-from advtrain.bench.harness import bench_data
-from advtrain.data import to_float
-from advtrain.engine.fastpath import resolve_fast_paths, run_probe
+from benchmarks.harness import bench_data
 
 log = logging.getLogger(__name__)
 

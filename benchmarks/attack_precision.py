@@ -23,7 +23,8 @@ from typing import Any
 import torch
 
 from advtrain.attacks.objectives import get_objective, needs_natural
-from advtrain.bench.common import (
+from advtrain.data import to_float
+from benchmarks.common import (
     BenchContext,
     BenchResult,
     Target,
@@ -31,8 +32,7 @@ from advtrain.bench.common import (
     compare,
     interleave,
 )
-from advtrain.bench.harness import bench_data, build_trainer, train_config
-from advtrain.data import to_float
+from benchmarks.harness import bench_data, build_trainer, train_config
 
 log = logging.getLogger(__name__)
 

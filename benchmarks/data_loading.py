@@ -16,7 +16,8 @@ from typing import Any
 
 import torch
 
-from advtrain.bench.common import (
+from advtrain.data import TrainLoader
+from benchmarks.common import (
     BenchContext,
     BenchResult,
     Target,
@@ -25,8 +26,7 @@ from advtrain.bench.common import (
     paired_ratio,
     summarize,
 )
-from advtrain.bench.harness import bench_data, build_trainer, train_config
-from advtrain.data import TrainLoader
+from benchmarks.harness import bench_data, build_trainer, train_config
 
 log = logging.getLogger(__name__)
 
@@ -114,12 +114,13 @@ def run(settings: dict[str, Any], ctx: BenchContext) -> BenchResult:
                 )
             )
         if s["pil_reference"]:
-            from advtrain.bench.official_loop import PILCifarDataset, official_train_transform
+            from benchmarks import reference
 
-            ds = PILCifarDataset(
+            oracle = reference("official_loop")
+            ds = oracle.PILCifarDataset(
                 images.permute(0, 2, 3, 1).contiguous().numpy(),
                 labels.numpy(),
-                official_train_transform(),
+                oracle.official_train_transform(),
             )
             dl = torch.utils.data.DataLoader(
                 ds,

@@ -1,29 +1,24 @@
-"""official_loop: our trainer vs a re-implementation of how the official GKL script trains.
+"""A re-implementation of how the official GKL script trains: the test oracle of our trainer.
 
-The re-implementation is written here from GKL_SPEC.md §1.2 and §4 (no official code is copied):
+Written from the description of the official recipe in docs/gkl.md ("The official training loop")
+(no official code is copied). It lives under tests/ because it is scaffolding, not product: the
+tests compare our loss, attack and training step with it, and the `official_loop` benchmark
+(benchmarks/official_loop.py) times our trainer against it.
 
 * data: a torchvision-style `Dataset` over uint8 HWC arrays whose `__getitem__` makes a PIL image
   and applies RandomCrop(32, padding 4) + RandomHorizontalFlip + ToTensor per sample, batched by
-  a `DataLoader` (shuffle, `num_workers` 0 here: the 2-core benchmark machine has no spare core);
+  a `DataLoader`;
 * model: NCHW float32, eager;
-* attack (`perturb_input`): eval mode, start x + 0.001 N(0, 1), then per step the loss
+* attack (`official_perturb`): eval mode, start x + 0.001 N(0, 1), then per step the loss
   `dkl_loss(model(x_adv), model(x_nat), prior)` with the natural logits *recomputed* (with
   autograd recording) every step, sign step, projection, clamp;
 * loss: the pairwise (B, C, C) `dkl_loss` + CE(nat), prior `one_hot(y) @ W`, class-matrix
   accumulator `A += one_hot(y)^T softmax(nat / T)`; SGD step.
-
-AWP and weight averaging are left out on both sides (both implement them; they add the same
-2 forwards + 1 backward to each). Our side is `Trainer.train_step` fed by `TrainLoader`, with the
-run's fast paths (`trainer.channels_last` / `autocast` = auto). The benchmark first checks that
-both compute the same loss on the same batch (same weights, same x_adv) and the same adversarial
-examples from the same start, then compares images/s over the same number of steps.
 """
 
 from __future__ import annotations
 
 import copy
-import logging
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -31,54 +26,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from advtrain.bench.common import (
-    BenchContext,
-    BenchResult,
-    Target,
-    check_settings,
-    compare,
-    interleave,
-)
-from advtrain.bench.harness import bench_data, build_trainer, train_config
-from advtrain.data import TrainLoader
-
-log = logging.getLogger(__name__)
-
-NAME = "official_loop"
-TITLE = "Our trainer vs a re-implementation of the official GKL training loop"
-DEFAULTS: dict[str, Any] = {
-    "model": "preact_resnet18",
-    "model_kwargs": {"width": 32},
-    "batch_size": 64,
-    "attack_steps": 5,
-    "steps_per_call": 2,
-    "repeats": 5,
-    "warmup": 1,
-    "num_images": 2048,
-    "target": 1.4,
-    "check_batch": 16,
-    "num_workers": 0,
-    "channels_last": "auto",
-    "autocast": "auto",
-}
-#: Dry-run sizes (seconds): exercises the code, measures nothing meaningful.
-TINY: dict[str, Any] = {
-    "model": "small_cnn",
-    "model_kwargs": {"width": 4},
-    "batch_size": 8,
-    "attack_steps": 2,
-    "steps_per_call": 1,
-    "repeats": 2,
-    "warmup": 0,
-    "num_images": 64,
-    "check_batch": 8,
-    "num_workers": 0,
-}
-
-
-# --------------------------------------------------------------------------------------------
-# the official-style pieces
-# --------------------------------------------------------------------------------------------
+__all__ = [
+    "OfficialLoop",
+    "PILCifarDataset",
+    "check_same_math",
+    "official_dkl_loss",
+    "official_perturb",
+    "official_train_transform",
+]
 
 
 class PILCifarDataset(torch.utils.data.Dataset):
@@ -122,7 +77,7 @@ def official_dkl_loss(
     gamma: float = 1.0,
     temperature: float = 1.0,
 ) -> Tensor:
-    """The pairwise GKL term (GKL_SPEC §1.2): (B, C, C) differences and pair weights.
+    """The pairwise GKL term (docs/gkl.md, "The pairwise form"): (B, C, C) differences and pair weights.
 
     wMSE = ¼ Σ_b Σ_jk P_b,jk ((t_j - t_k) - (s_j - s_k))² / Σ P, P = v ⊗ v, v = prior**gamma;
     softCE = mean_b -Σ_j sg(softmax(t/τ))_j log softmax(s/τ)_j; returns beta·wMSE + alpha·softCE.
@@ -227,16 +182,13 @@ class OfficialLoop:
         loss = self.loss(logits_adv, logits_nat, y, prior)
         with torch.no_grad():
             onehot = F.one_hot(y, self.num_classes).float()
-            self.accumulator += onehot.T @ F.softmax(logits_nat.detach() / c["weight_temperature"], dim=1)
+            self.accumulator += onehot.T @ F.softmax(
+                logits_nat.detach() / c["weight_temperature"], dim=1
+            )
         self.optimizer.zero_grad()
         loss.backward()
         self.optimizer.step()
         return loss.detach()
-
-
-def _cycle(make: Any) -> Iterator[Any]:
-    while True:
-        yield from make()
 
 
 # --------------------------------------------------------------------------------------------
@@ -325,175 +277,3 @@ def check_same_math(
         # x0 -+ eps), so a 1-ulp difference can flip the sign of a near-zero gradient later.
         "same_x_adv": close >= 0.999,
     }
-
-
-# --------------------------------------------------------------------------------------------
-# the benchmark
-# --------------------------------------------------------------------------------------------
-
-
-def run(settings: dict[str, Any], ctx: BenchContext) -> BenchResult:
-    s = check_settings(NAME, settings, DEFAULTS)
-    images, labels, source = bench_data(ctx.data_root, s["num_images"], seed=ctx.seed)
-    if images.shape[1] != 3:
-        raise ValueError("official_loop needs 3-channel 32x32 images (CIFAR)")
-    bs = int(s["batch_size"])
-    attack = {
-        "steps": s["attack_steps"],
-        "step_size": (8 / 255) / 2,
-        "random_start": "normal",
-        "eps": 8 / 255,
-    }
-    cfg = train_config(
-        model=s["model"],
-        loss="gkl",
-        model_kwargs=s["model_kwargs"],
-        batch_size=bs,
-        attack="gkl",
-        attack_kwargs=attack,
-        lr=0.2,
-        trainer_kwargs={"channels_last": s["channels_last"], "autocast": s["autocast"]},
-    )
-    torch.manual_seed(ctx.seed)
-    from advtrain.engine.build import build_model
-
-    base = build_model(cfg)
-    trainer = build_trainer(cfg, ctx.device, model=copy.deepcopy(base))
-    lc = cfg["loss"]
-    official = OfficialLoop(
-        copy.deepcopy(base).to(ctx.device),
-        num_classes=trainer.loss.num_classes,
-        eps=attack["eps"],
-        step_size=attack["step_size"],
-        steps=attack["steps"],
-        lr=0.2,
-        loss_cfg=lc,
-        seed=ctx.seed,
-    )
-
-    # Same batch for the equivalence check: the first batch of our loader.
-    loader = TrainLoader(images, labels, batch_size=bs, seed=ctx.seed)
-    xc, yc = loader.batch(0, 0)
-    n_check = min(int(s["check_batch"]), xc.shape[0])
-    check = check_same_math(
-        trainer, official, xc[:n_check].to(ctx.device), yc[:n_check].to(ctx.device), seed=ctx.seed
-    )
-    log.info("official_loop check: %s", check)
-
-    dataset = PILCifarDataset(
-        images.permute(0, 2, 3, 1).contiguous().numpy(), labels.numpy(), official_train_transform()
-    )
-    dl_gen = torch.Generator().manual_seed(ctx.seed)
-    workers = int(s["num_workers"])
-    dl = torch.utils.data.DataLoader(
-        dataset,
-        batch_size=bs,
-        shuffle=True,
-        num_workers=workers,
-        generator=dl_gen,
-        persistent_workers=workers > 0,
-    )
-    official_batches = _cycle(lambda: iter(dl))
-    our_batches = _cycle(lambda: iter(loader))
-    counter = iter(range(10**9))
-    k = int(s["steps_per_call"])
-
-    def ours() -> None:
-        for _ in range(k):
-            xb, yb = next(our_batches)
-            xb, yb = trainer._to_device(xb, yb)  # what Trainer.train_epoch does per batch
-            trainer.train_step(xb, yb, next(counter))
-
-    def theirs() -> None:
-        for _ in range(k):
-            xb, yb = next(official_batches)
-            official.step(xb.to(ctx.device), yb.to(ctx.device))
-
-    times = interleave(
-        {"ours": ours, "official": theirs},
-        repeats=s["repeats"],
-        warmup=s["warmup"],
-        device=ctx.device,
-    )
-    c = compare(times, "official", "ours")  # official time / our time = our speed-up
-    ips_ours = k * bs / c["ours_s"]["median"]
-    ips_off = k * bs / c["official_s"]["median"]
-    speedup = c["ratio"]
-    rows = [
-        {
-            "side": "ours (TrainLoader + Trainer.train_step)",
-            "s per step": c["ours_s"]["median"] / k,
-            "images/s": ips_ours,
-            "channels_last": trainer.memory_format == torch.channels_last,
-            "autocast": str(trainer.autocast_dtype),
-        },
-        {
-            "side": f"official re-implementation (PIL DataLoader, {workers} workers, NCHW fp32 "
-            "eager)",
-            "s per step": c["official_s"]["median"] / k,
-            "images/s": ips_off,
-            "channels_last": False,
-            "autocast": "None",
-        },
-    ]
-    checks = [
-        {
-            "check": "same loss on the same batch, weights and x_adv",
-            "ours": check["loss_ours"],
-            "official": check["loss_official"],
-            "rel diff": check["loss_rel_diff"],
-            "ok": check["same_loss"],
-        },
-        {
-            "check": "same x_adv from the same start (eval mode, NCHW fp32)",
-            "identical fraction": check["x_adv_identical_fraction"],
-            "within 1e-6 fraction": check["x_adv_within_1e-6_fraction"],
-            "max abs diff": check["x_adv_max_abs_diff"],
-            "ok": check["same_x_adv"],
-        },
-    ]
-    return BenchResult(
-        name=NAME,
-        title=TITLE,
-        settings=s,
-        results={
-            "data": source,
-            "speedup": speedup,
-            "cpu_speedup": c["cpu_ratio"],
-            "images_per_s": {"ours": ips_ours, "official": ips_off},
-            "check": check,
-            "timing": c,
-            "attack": attack,
-            "ours_fast_paths": {
-                "channels_last": trainer.memory_format == torch.channels_last,
-                "autocast": str(trainer.autocast_dtype),
-            },
-        },
-        tables=[
-            (
-                f"{s['model']} {s['model_kwargs']}, batch {bs}, {attack['steps']} attack steps, "
-                f"{k} steps per timed call, {s['repeats']} interleaved rounds",
-                rows,
-            ),
-            ("Equivalence on one batch", checks),
-        ],
-        targets=[
-            Target(
-                "ours / official images/s",
-                speedup,
-                s["target"],
-                ">=",
-                note=f"CPU-time ratio {c['cpu_ratio']:.3f}",
-            )
-        ],
-        notes=[
-            f"data: {source}",
-            "speed-up = median over rounds of (official seconds / our seconds) for the same "
-            "number of steps, data loading included.",
-            "Where the speed-up comes from: the official attack recomputes the natural "
-            "logits (with autograd recording) at every step, i.e. 2 forwards + 1 input "
-            "backward per step vs our 1 + 1 and one no_grad natural forward per attack; "
-            "our data path is one vectorised uint8 gather per batch instead of per-sample "
-            "PIL transforms; and our CPU default runs channels_last (see fastpath.md).",
-        ],
-    )

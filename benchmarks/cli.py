@@ -15,10 +15,10 @@ from typing import Any
 
 import torch
 
-from advtrain.bench import get_benchmark
-from advtrain.bench.common import BenchContext, write_result
 from advtrain.engine.build import check_keys, resolve_device
 from advtrain.errors import ConfigError
+from benchmarks import get_benchmark
+from benchmarks.common import BenchContext, write_result
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def _command() -> str:
             return "python -m advtrain bench " + " ".join(shlex.quote(o) for o in overrides)
     except (ImportError, ValueError):
         pass
-    return "advtrain.bench.cli.run_bench(cfg) (called from Python)"
+    return "benchmarks.cli.run_bench(cfg) (called from Python)"
 
 
 def run_bench(cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -1,0 +1,1 @@
+"""Test oracles: independent re-implementations our code is checked against (not part of the package)."""
