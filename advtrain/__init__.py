@@ -1,3 +1,67 @@
-"""advtrain: adversarial training (PGD-AT, TRADES, MART, GKL) and AutoAttack / RobustBench evaluation."""
+"""advtrain: adversarial training (PGD-AT, TRADES, MART, GKL) and AutoAttack / RobustBench evaluation.
+
+The library in three calls, usable from a notebook without Hydra (each takes plain values or a
+config dict and returns a typed result):
+
+    import advtrain
+    result = advtrain.train(cfg)            # -> advtrain.TrainResult
+    scores = advtrain.evaluate(...)         # -> advtrain.EvalResult
+    files = advtrain.export_model(...)      # -> advtrain.ExportResult
+
+(`export_model`, not `export`: `advtrain.export` is the subpackage, and importing it would rebind a
+function of that name.) The names are resolved lazily, so `import advtrain` stays cheap: it does not
+import torch, and `python -m advtrain --help` answers at once.
+
+`import advtrain` also makes the `autoattack` import name available to robustbench when no real
+`autoattack` package is installed (see advtrain/compat/__init__.py).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from advtrain.compat import install_autoattack_fallback
 
 __version__ = "0.1.0"
+
+#: Public name -> (module, attribute), imported on first access.
+_LAZY: dict[str, tuple[str, str]] = {
+    "train": ("advtrain.engine.api", "train"),
+    "TrainResult": ("advtrain.engine.api", "TrainResult"),
+    "evaluate": ("advtrain.eval.api", "evaluate"),
+    "EvalResult": ("advtrain.eval.api", "EvalResult"),
+    "export_model": ("advtrain.export.api", "export"),
+    "ExportResult": ("advtrain.export.api", "ExportResult"),
+}
+
+__all__ = [
+    "EvalResult",
+    "ExportResult",
+    "TrainResult",
+    "__version__",
+    "evaluate",
+    "export_model",
+    "train",
+]
+
+install_autoattack_fallback()
+
+if TYPE_CHECKING:
+    from advtrain.engine.api import TrainResult, train
+    from advtrain.eval.api import EvalResult, evaluate
+    from advtrain.export.api import ExportResult
+    from advtrain.export.api import export as export_model
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'advtrain' has no attribute {name!r}")
+    module, attr = _LAZY[name]
+    value = getattr(importlib.import_module(module), attr)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

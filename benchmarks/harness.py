@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch import Tensor, nn
 
-from advtrain.cli import CONFIG_DIR, register_resolvers
+from advtrain.cli import register_resolvers
 from advtrain.engine.build import (
     build_attack,
     build_callbacks,
@@ -37,6 +37,7 @@ from advtrain.engine.build import (
 from advtrain.engine.fastpath import resolve_fast_paths
 from advtrain.engine.trainer import Trainer
 from advtrain.errors import ConfigError
+from advtrain.resources import config_dir
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +66,9 @@ def load_group(group: str, option: str) -> dict[str, Any]:
     the running `bench` Hydra app; these group files are plain YAML, so the result is identical.
     """
     register_resolvers()
-    path = CONFIG_DIR / group / f"{option}.yaml"
+    path = config_dir() / group / f"{option}.yaml"
     if not path.exists():
-        options = sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+        options = sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
         raise ConfigError(f"{group}={option!r} does not exist; choose one of {options}")
     cfg = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
     assert isinstance(cfg, dict)

@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from collections.abc import Callable
 from fractions import Fraction
-from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from advtrain.errors import AdvtrainError
+from advtrain.resources import config_dir
 
-CONFIG_DIR = Path(
-    os.environ.get("ADVTRAIN_CONFIG_DIR", Path(__file__).resolve().parents[2] / "configs")
-)
+# The installed configs (package data `advtrain.configs`), or $ADVTRAIN_CONFIG_DIR.
+CONFIG_DIR = config_dir()
 log = logging.getLogger("advtrain")
 
 

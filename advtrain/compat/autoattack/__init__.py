@@ -1,4 +1,4 @@
-"""Compatibility adapter: the `autoattack` import name (GitHub fra31/auto-attack API) over PyPI `pyautoattack`.
+"""The `autoattack` import name (GitHub fra31/auto-attack API) over PyPI `pyautoattack`.
 
 Why this exists: robustbench 1.1.1 does `from autoattack import AutoAttack` and
 `from autoattack.state import EvaluationState`, and calls the GitHub API (`log_path=`, `bs=`, a plain
@@ -7,7 +7,9 @@ under another name with a keyword-only API that logs through `logging` instead o
 module `import robustbench` fails, so advtrain ships this thin translation layer (no attack code of its own:
 every attack runs in pyautoattack).
 
-If the real GitHub package is installed instead, it provides the same API and this module is not needed.
+It is importable as `autoattack` only through `advtrain.compat.install_autoattack_fallback` (run by
+`import advtrain`), and only when no real `autoattack` is installed: the GitHub package, if present, provides
+the same API and is used instead.
 """
 
 from __future__ import annotations
