@@ -24,8 +24,9 @@ from torch import nn
 
 from advtrain.errors import ConfigError, DataError
 from advtrain.eval import checks
-from advtrain.eval.autoattack import build_autoattack, model_hash, run_autoattack
+from advtrain.eval.autoattack import build_autoattack, run_autoattack
 from advtrain.eval.checks import PreflightError
+from advtrain.utils.hashing import model_hash
 
 REPO = Path(__file__).resolve().parents[1]
 EPS = 2 / 255  # small enough that a quickly trained model keeps some points robust

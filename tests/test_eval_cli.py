@@ -1,4 +1,4 @@
-"""End-to-end tests of `python -m advtrain eval` (advtrain.eval.cli).
+"""End-to-end tests of `python -m advtrain eval` (advtrain.cli.eval over advtrain.eval.api).
 
 The checkpoint is a smoke-experiment checkpoint (the `+exp=smoke` config, small_cnn) written with
 advtrain's own save_checkpoint after a few seconds of training. Every number in results.json is
@@ -19,8 +19,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from advtrain.cli.eval import run_eval
 from advtrain.errors import CheckpointError, ConfigError
-from advtrain.eval.cli import load_eval_model, run_eval
+from advtrain.models.loading import ModelSource, load_model, model_from_config
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
@@ -32,12 +33,11 @@ N = 16
 @pytest.fixture(scope="module")
 def smoke_ckpt(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     """A smoke-config small_cnn (width 4) trained for 60 steps, saved as an advtrain checkpoint with EMA."""
-    from advtrain.engine.build import build_model
     from advtrain.utils.checkpoint import save_checkpoint
 
     cfg = compose_plain(["+exp=smoke", "model.width=4", f"data.root={data_dir}"])
     torch.manual_seed(0)
-    model = build_model(cfg)
+    model = model_from_config(cfg)
     x, y = _train_head(data_dir, 4096)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     g = torch.Generator().manual_seed(0)
@@ -77,9 +77,7 @@ def _eval(overrides: list[str], run_dir: Path) -> dict:
 
 
 def _model(smoke_ckpt: dict, weights: str = "sd") -> torch.nn.Module:
-    from advtrain.engine.build import build_model
-
-    m = build_model(smoke_ckpt["config"])
+    m = model_from_config(smoke_ckpt["config"])
     m.load_state_dict(smoke_ckpt[weights])
     return m.eval()
 
@@ -273,11 +271,13 @@ def test_robustbench_zoo_model_from_local_dir(data_dir: Path, tmp_path: Path) ->
         f"data.root={data_dir}",
     ]
     with pytest.raises(CheckpointError, match=f"put them at .*cifar10/Linf/{name}.pt"):
-        load_eval_model(compose_plain([*rb, "eval=clean"], config_name="eval"))
+        load_model(ModelSource.from_config(compose_plain([*rb, "eval=clean"], config_name="eval")))
     with pytest.raises(ConfigError, match="not a RobustBench"):
-        load_eval_model(
-            compose_plain(
-                [*rb[1:], "robustbench.name=Ours2026GKL", "eval=clean"], config_name="eval"
+        load_model(
+            ModelSource.from_config(
+                compose_plain(
+                    [*rb[1:], "robustbench.name=Ours2026GKL", "eval=clean"], config_name="eval"
+                )
             )
         )
     from robustbench.model_zoo import model_dicts

@@ -22,6 +22,7 @@ from advtrain.export.robustbench import (
     robustbench_constructor,
     validate_model_info,
 )
+from advtrain.models.loading import ModelSource, load_model, model_from_config
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
@@ -78,10 +79,8 @@ def _images(data_dir: Path, n: int = 16) -> torch.Tensor:
 def test_exported_weights_load_strictly_into_robustbench(
     cfg: dict, identical: bool, data_dir: Path
 ) -> None:
-    from advtrain.engine.build import build_model
-
     torch.manual_seed(0)
-    ours = _randomise_bn(build_model({"model": dict(cfg), "data": {"name": "cifar10"}}))
+    ours = _randomise_bn(model_from_config({"model": dict(cfg), "data": {"name": "cifar10"}}))
     build, note = robustbench_constructor(cfg, 10, CIFAR10_MEAN, CIFAR10_STD)
     assert build is not None, note
     theirs = build()
@@ -95,7 +94,9 @@ def test_exported_weights_load_strictly_into_robustbench(
     else:  # adaptive vs fixed 4x4 average pooling: equal up to float rounding
         assert max_diff < 1e-5
     # a wrong mapping is caught: another model's weights give different logits
-    other = _randomise_bn(build_model({"model": dict(cfg), "data": {"name": "cifar10"}}), seed=1)
+    other = _randomise_bn(
+        model_from_config({"model": dict(cfg), "data": {"name": "cifar10"}}), seed=1
+    )
     theirs.load_state_dict(export_state_dict(other.state_dict()), strict=True)
     assert compare_logits(ours, theirs, x)[0] > 1e-3
 
@@ -209,8 +210,7 @@ def test_validate_strict_rules_and_benchmark_output() -> None:
 @pytest.fixture(scope="module")
 def evaluated(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A DMWideResNet-10-1 advtrain checkpoint and a real `advtrain eval` (aa_custom, 16 images) of it."""
-    from advtrain.engine.build import build_model
-    from advtrain.eval.cli import run_eval
+    from advtrain.cli.eval import run_eval
     from advtrain.utils.checkpoint import save_checkpoint
 
     root = tmp_path_factory.mktemp("export")
@@ -224,7 +224,7 @@ def evaluated(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
         ]
     )
     torch.manual_seed(0)
-    model = _randomise_bn(build_model(cfg))
+    model = _randomise_bn(model_from_config(cfg))
     ckpt = save_checkpoint(
         root / "last.pt", {"model": model.state_dict(), "ema": None, "config": cfg, "epoch": 1}
     )
@@ -252,7 +252,7 @@ def evaluated(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
 def _export(
     evaluated: dict[str, Path], out: Path, *extra: str, results: Path | None = None
 ) -> dict:
-    from advtrain.export.cli import run_export
+    from advtrain.cli.export import run_export
 
     cfg = compose_plain(
         [
@@ -295,8 +295,6 @@ def test_export_partial_demo(evaluated: dict[str, Path], tmp_path: Path) -> None
     # the zoo file loads strictly into RobustBench's DMWideResNet and reproduces the logits bit for bit
     from robustbench.model_zoo.architectures.dm_wide_resnet import DMWideResNet
 
-    from advtrain.eval.cli import load_eval_model
-
     theirs = DMWideResNet(
         num_classes=10,
         depth=10,
@@ -310,7 +308,7 @@ def test_export_partial_demo(evaluated: dict[str, Path], tmp_path: Path) -> None
     )
     assert set(blob) == {"state_dict"}
     theirs.load_state_dict(blob["state_dict"], strict=True)
-    ours = load_eval_model({"ckpt": str(evaluated["ckpt"]), "data": {"name": "cifar10"}}).model
+    ours = load_model(ModelSource(ckpt=evaluated["ckpt"], dataset="cifar10")).model
     x = _images(evaluated["data_dir"], 16)
     assert compare_logits(ours, theirs.eval(), x) == (0.0, True)
     assert summary["verification"]["bit_identical"] is True
@@ -367,7 +365,7 @@ def test_export_full_leaderboard_entry(evaluated: dict[str, Path], tmp_path: Pat
 def test_export_refuses_other_checkpoint_and_bad_metadata(
     evaluated: dict[str, Path], tmp_path: Path
 ) -> None:
-    from advtrain.export.cli import run_export
+    from advtrain.cli.export import run_export
 
     with pytest.raises(ExportError, match="is not the checkpoint evaluated"):
         cfg = compose_plain(

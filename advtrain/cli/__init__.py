@@ -74,11 +74,11 @@ def _entry(command: str) -> tuple[str, Callable[[dict[str, Any]], Any]]:
     if command == "train":
         return "train", _train
     if command == "eval":
-        from advtrain.eval.cli import run_eval
+        from advtrain.cli.eval import run_eval
 
         return "eval", run_eval
     if command == "export":
-        from advtrain.export.cli import run_export
+        from advtrain.cli.export import run_export
 
         return "export", run_export
     from advtrain.cli.bench import run_bench

@@ -1,1 +1,2 @@
-"""Evaluation: clean and PGD accuracy (evaluate.py), the real AutoAttack (autoattack.py)."""
+"""Evaluation: the library call (api.py: evaluate -> EvalResult), clean and PGD accuracy (evaluate.py), the real
+AutoAttack (autoattack.py), pre-flight and red-flag checks (checks.py)."""

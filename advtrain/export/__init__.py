@@ -1,4 +1,5 @@
-"""Export to RobustBench: zoo checkpoint, leaderboard `model_info` JSON, submission text (robustbench.py)."""
+"""Export to RobustBench: the library call (api.py: export -> ExportResult); zoo checkpoint, leaderboard
+`model_info` JSON, submission text and their checks (robustbench.py)."""
 
 from advtrain.export.robustbench import (
     LEADERBOARD_EPS,
