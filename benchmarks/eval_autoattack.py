@@ -12,7 +12,6 @@ them (it skips misclassified points, which would make both sides measure nothing
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from typing import Any
 
@@ -91,7 +90,8 @@ def _fixed_costs(
     """Seconds of the work run_autoattack adds around pyautoattack, timed one by one (median of
     5): a load-independent estimate of its overhead, to read next to the noisy end-to-end ratio."""
     from advtrain.eval import checks
-    from advtrain.eval.autoattack import model_hash, resolve_attacks
+    from advtrain.eval.autoattack import resolve_attacks
+    from advtrain.utils.hashing import model_hash, tensors_sha256
 
     xb = x[: int(s["batch_size"])].to(ctx.device)
     attacks = resolve_attacks(s["version"], s["attacks"])
@@ -103,11 +103,8 @@ def _fixed_costs(
                 model(x[i : i + bs].to(ctx.device))
 
     parts = {
-        # the data hash: SHA-256 over the example bytes, as run_autoattack's state metadata
-        "model_and_data_hash": lambda: (
-            model_hash(model),
-            hashlib.sha256(x.detach().cpu().contiguous().numpy().tobytes()).hexdigest(),
-        ),
+        # the model and data hashes of run_autoattack's state metadata
+        "model_and_data_hash": lambda: (model_hash(model), tensors_sha256([x])),
         "preflight_checks": lambda: checks.preflight(
             model, xb, norm=s["norm"], eps=float(s["eps"]), version=s["version"], attacks=attacks
         ),
