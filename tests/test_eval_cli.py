@@ -163,6 +163,39 @@ def test_eval_plain_state_dict(smoke_ckpt: dict, data_dir: Path, tmp_path: Path)
         )
 
 
+def test_evaluate_library_call_equals_the_command(
+    smoke_ckpt: dict, data_dir: Path, tmp_path: Path
+) -> None:
+    """advtrain.eval.api without Hydra: the same results.json as `advtrain eval` from the same inputs."""
+    from advtrain.eval.api import EvalData, EvalSpec, evaluate
+
+    cli = _eval(
+        [
+            f"ckpt={smoke_ckpt['path']}",
+            "use_ema=false",
+            "eval=pgd20",
+            f"n_examples={N}",
+            f"data.root={data_dir}",
+            "batch_size=8",
+        ],
+        tmp_path / "cli",
+    )
+    loaded = load_model(ModelSource(ckpt=smoke_ckpt["path"], use_ema=False))
+    data = EvalData.test_split("cifar10", data_dir, N)
+    spec = EvalSpec(kind="pgd", name="pgd20", eps="8/255", pgd_steps=20, batch_size=8)
+    lib = evaluate(loaded, data, spec).save(tmp_path / "lib")
+    volatile = ("wall_time_s", "run_dir")
+    assert {k: v for k, v in lib.items() if k not in volatile} == {
+        k: v for k, v in cli.items() if k not in volatile
+    }
+    assert (tmp_path / "lib" / "per_example.pt").is_file()
+    # a plain nn.Module: same weights, same hash, no file behind it
+    plain = evaluate(_model(smoke_ckpt), data, EvalSpec(kind="clean", batch_size=8))
+    assert plain.model.source == "module" and plain.model.hash == lib["model"]["hash"]
+    assert plain.checkpoint.sha256 is None and plain.clean_acc == cli["clean_acc"]
+    assert plain.robust_acc is None and plain.to_dict()["robust_metric"] is None
+
+
 @pytest.mark.slow
 def test_eval_aa_custom_cli_end_to_end(smoke_ckpt: dict, data_dir: Path, tmp_path: Path) -> None:
     """The real command (Hydra app in a subprocess); flags equal a direct run_autoattack."""

@@ -42,7 +42,7 @@ from advtrain.export.robustbench import (
     validate_model_id,
     validate_model_info,
 )
-from advtrain.models.loading import LoadedModel, ModelSource, load_model
+from advtrain.models.loading import ROBUSTBENCH_DATASETS, LoadedModel, ModelSource, load_model
 from advtrain.utils.checkpoint import atomic_write_bytes
 
 __all__ = ["INFO_KEYS", "LOGIT_ATOL", "CheckResult", "ExportResult", "ExportSpec", "export"]
@@ -233,7 +233,7 @@ def _load_evaluated(
             f"the weights differ from the evaluated ones (use_ema={loaded.use_ema}, evaluated with "
             f"use_ema={rck.get('use_ema')}); set use_ema to match the evaluation"
         )
-    if loaded.dataset not in ("cifar10", "cifar100"):
+    if loaded.dataset not in ROBUSTBENCH_DATASETS:
         raise ExportError(
             f"RobustBench has no {loaded.dataset} leaderboard or zoo (cifar10, cifar100, imagenet only)"
         )
