@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from advtrain.errors import ConfigError
 from advtrain.eval import checks
 from advtrain.models.loading import LoadedModel
+from advtrain.utils.distributed import module_device
 
 __all__ = [
     "DEFAULT_SHARD",
@@ -405,11 +406,6 @@ def _per_class(correct: Tensor, labels: Tensor, num_classes: int) -> list[float 
 # --------------------------------------------------------------------------------------------
 
 
-def _model_device(model: nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
-
-
 def _records(
     model: nn.Module | LoadedModel, net: nn.Module
 ) -> tuple[ModelRecord, CheckpointRecord]:
@@ -554,7 +550,7 @@ def evaluate(
         raise ConfigError(f"the model is a {model.dataset} model but the data is {data.dataset}")
     if device is not None:
         net = net.to(device)
-    dev = _model_device(net)
+    dev = module_device(net)
     checks.check_eps(spec.norm, spec.eps, tuple(data.images.shape[1:]))
     model_record, ckpt_record = _records(model, net)
     warnings = list(model.notes) if isinstance(model, LoadedModel) else []

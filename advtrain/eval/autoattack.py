@@ -52,7 +52,7 @@ from advtrain.attacks.pgd import model_mode
 from advtrain.errors import ConfigError
 from advtrain.eval import checks
 from advtrain.utils.checkpoint import atomic_torch_save, atomic_write_bytes
-from advtrain.utils.distributed import barrier, group_rank_world
+from advtrain.utils.distributed import barrier, group_rank_world, module_device
 from advtrain.utils.hashing import model_hash, tensors_sha256
 
 __all__ = [
@@ -204,13 +204,6 @@ def build_autoattack(
             "set n_restarts=null"
         )
     return aa
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    if p is None:
-        p = next(model.buffers(), None)
-    return p.device if p is not None else torch.device("cpu")
 
 
 @contextmanager
@@ -391,7 +384,7 @@ def run_autoattack(
             f"shard_size={shard_size} must be a multiple of batch_size={batch_size} so shard "
             f"boundaries fall on AutoAttack batch boundaries (e.g. shard_size={4 * batch_size})"
         )
-    model_dev = _model_device(model)
+    model_dev = module_device(model)
     dev = torch.device(device) if device is not None else model_dev
     if dev.type != model_dev.type or (
         dev.index is not None and model_dev.index is not None and dev.index != model_dev.index

@@ -13,11 +13,7 @@ from torch import nn
 
 from advtrain.attacks import pgd
 from advtrain.attacks.pgd import model_mode
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
+from advtrain.utils.distributed import module_device
 
 
 def _to_float(x: torch.Tensor) -> torch.Tensor:
@@ -27,7 +23,7 @@ def _to_float(x: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def predict(model: nn.Module, images: torch.Tensor, *, batch_size: int = 256) -> torch.Tensor:
     """Predicted labels for all images (model in eval mode, restored afterwards)."""
-    device = _model_device(model)
+    device = module_device(model)
     out = []
     with model_mode(model, training=False):
         for i in range(0, len(images), batch_size):
@@ -59,7 +55,7 @@ def pgd_correct(
     random_start: bool | str = True,
 ) -> torch.Tensor:
     """Per-example bool: still correct under PGD (eval mode; step size eps/4 unless given)."""
-    device = _model_device(model)
+    device = module_device(model)
     gen = torch.Generator(device=device).manual_seed(seed)
     step_size = eps / 4 if step_size is None else step_size
     out = []

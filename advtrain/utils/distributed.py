@@ -134,6 +134,18 @@ def resolve_device(name: str = "auto", env: DistEnv | None = None) -> torch.devi
     return dev
 
 
+def module_device(model: torch.nn.Module) -> torch.device:
+    """The device a model's weights live on (its first parameter, else buffer; the CPU when it has none).
+
+    Evaluation moves each batch to the model rather than the model to a configured device, so a caller's
+    placement (a notebook's `model.cuda()`) is respected.
+    """
+    t = next(model.parameters(), None)
+    if t is None:
+        t = next(model.buffers(), None)
+    return t.device if t is not None else torch.device("cpu")
+
+
 def backend_for(device: torch.device, requested: str = "auto") -> str:
     """`auto`: NCCL for CUDA tensors plus gloo for CPU ones on a CUDA run, gloo alone on the CPU."""
     if requested not in BACKENDS:
