@@ -11,12 +11,14 @@ commands:
   eval     clean / PGD / AutoAttack       python -m advtrain eval ckpt=PATH eval=aa_standard n_examples=1000
   export   RobustBench zoo + leaderboard  python -m advtrain export ckpt=PATH results=PATH/results.json
   bench    performance benchmarks         python -m advtrain bench [bench=NAME]
+  report   tables and plots of runs       python -m advtrain report RUN [RUN ...] out=DIR
 
 Each command takes Hydra overrides (`--cfg job` prints the composed config, `-m` runs a sweep,
-`--help` lists the config groups). Configs live in configs/.
+`--help` lists the config groups). Configs live in configs/. `report` takes run paths and
+key=value options instead (`python -m advtrain report --help`).
 """
 
-COMMANDS = ("train", "eval", "export", "bench")
+COMMANDS = ("train", "eval", "export", "bench", "report")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -88,6 +88,10 @@ def _entry(command: str) -> tuple[str, Callable[[dict[str, Any]], Any]]:
 
 def run(command: str, overrides: list[str]) -> int:
     """Run `command` as a Hydra app with `overrides` (sys.argv-style, incl. --cfg/-m/--help)."""
+    if command == "report":  # takes run paths, not a config to compose: no Hydra app
+        from advtrain.cli.report import main as report_main
+
+        return report_main(overrides)
     import hydra
 
     register_resolvers()
