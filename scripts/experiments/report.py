@@ -1,4 +1,4 @@
-"""Build a study's README.md, summary.json and PNG plots from its runs directory.
+"""Build a study's README.md, summary.json, PNG plots and report.html from its runs directory.
 
     python scripts/experiments/report.py RUNS_DIR OUT_DIR
 
@@ -6,6 +6,15 @@ Inputs: `RUNS_DIR/plan.json` (written by the driver: the study and every command
 `train/metrics.jsonl`, `train/final.json`, `eval_<key>/results.json` and `driver.json` (wall times).
 Nothing is rerun. Missing pieces (a run still training, a failed evaluation) show as "—" and the
 reading says how much is missing.
+
+This file is the study's layer over `advtrain.report`, the library behind `python -m advtrain
+report`: the run directories are read, the plots drawn and the statistics (seed summaries, binomial
+error, paired McNemar tests, the generated reading) computed there, so a study and the command never
+disagree. What stays here is what only a study knows: its plan (methods, seeds, which evaluation is
+"AutoAttack"), the README's layout and the study-specific caveats. Besides README.md, the driver also
+writes the command's full report of the same runs into `OUT_DIR/all_runs/` (every training curve with
+loss terms, eps and lr, each AutoAttack stage, each evaluation's red flags) and a self-contained
+`report.html` of the README.
 
 The "Reading" section is generated from the numbers alone: rankings by mean, whether the seed ranges
 overlap, the binomial standard error of an accuracy measured on n images, the largest per-class
@@ -16,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import sys
 import time
@@ -25,18 +33,52 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from advtrain.report import (
+    EvalRun,
+    PairedSeed,
+    Problem,
+    ReportError,
+    Scores,
+    Summary,
+    TrainRun,
+    binomial_se,
+    mcnemar_p,
+    paired_seed,
+    paired_verdict,
+    plots,
+    read_eval_run,
+    read_train_run,
+    reading,
+    scores,
+    summarize,
+    write_html,
+)
+from advtrain.report import write_report as write_runs_report
+from advtrain.report.markdown import DASH, fmt_seconds, fmt_summary, pct
+from advtrain.report.markdown import code as _code
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import PLAN_FILE, driver_seconds  # noqa: E402
 
-DASH = "—"
-TIE_POINTS = (
-    0.05  # accuracy differences below this (in points) are ties: results have 0.1-point resolution
-)
+__all__ = [
+    "Run",
+    "Summary",
+    "binomial_se",
+    "collect",
+    "mcnemar_p",
+    "paired",
+    "paired_verdict",
+    "reading",
+    "summarize",
+    "write_report",
+]
+
+ALL_RUNS_DIR = "all_runs"  # the `python -m advtrain report` of the same runs, inside OUT_DIR
 
 
 # ------------------------------------------------------------------------------------------------
-# collecting
+# collecting: the plan's runs, read by advtrain.report
 # ------------------------------------------------------------------------------------------------
 
 
@@ -49,43 +91,28 @@ class Run:
     slug: str
     seed: int
     commands: dict[str, str]  # "train" / eval key -> command
-    finished: bool = False
-    epochs: list[dict[str, Any]] = field(default_factory=list)  # last record per validated epoch
+    train: TrainRun | None = None
+    evals: dict[str, EvalRun] = field(default_factory=dict)  # eval key -> its evaluation
     train_seconds: float | None = None
-    evals: dict[str, dict[str, Any]] = field(default_factory=dict)  # eval key -> results.json
     eval_seconds: dict[str, float | None] = field(default_factory=dict)
-    eval_dirs: dict[str, Path] = field(default_factory=dict)  # eval key -> its run directory
+
+    @property
+    def finished(self) -> bool:
+        return self.train is not None and self.train.finished
+
+    @property
+    def epochs(self) -> list[dict[str, Any]]:
+        """Validated epochs (the curves' points), one per epoch, the last record written winning."""
+        return [e for e in (self.train.epochs if self.train else []) if "val_pgd_acc" in e]
 
 
-def _read_json(path: Path) -> Any:
+def collect(runs_dir: Path) -> tuple[dict[str, Any], list[Run], list[Problem]]:
+    """Read plan.json and every run directory it names; problems are returned, not raised."""
     try:
-        return json.loads(path.read_text())
+        plan = json.loads((runs_dir / PLAN_FILE).read_text())
     except (OSError, ValueError):
-        return None
-
-
-def _epoch_records(train_dir: Path) -> list[dict[str, Any]]:
-    """One record per validated epoch (the last one written wins: a resumed epoch is logged again)."""
-    path = train_dir / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    by_epoch: dict[int, dict[str, Any]] = {}
-    for line in path.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if "val_pgd_acc" in rec and not rec.get("final"):
-            by_epoch[int(rec["epoch"])] = rec
-    return [by_epoch[e] for e in sorted(by_epoch)]
-
-
-def collect(runs_dir: Path) -> tuple[dict[str, Any], list[Run]]:
-    """Read plan.json and every run directory it names."""
-    plan = _read_json(runs_dir / PLAN_FILE)
-    if plan is None:
-        raise SystemExit(f"{runs_dir / PLAN_FILE} not found: run the study driver first")
-    runs = []
+        raise SystemExit(f"{runs_dir / PLAN_FILE} not found: run the study driver first") from None
+    runs, problems = [], []
     for p in plan["pipelines"]:
         root = Path(p["root"])
         train_dir = Path(p["train"]["dir"])
@@ -96,22 +123,24 @@ def collect(runs_dir: Path) -> tuple[dict[str, Any], list[Run]]:
             seed=int(p["seed"]),
             commands={"train": p["train"]["command"]}
             | {k: v["command"] for k, v in p["evals"].items()},
-            finished=(train_dir / "final.json").is_file(),
-            epochs=_epoch_records(train_dir),
             train_seconds=driver_seconds(root, "train"),
         )
+        if train_dir.is_dir():
+            run.train, probs = read_train_run(train_dir)
+            problems += probs
         if run.train_seconds is None and run.epochs:  # run without the driver: training time only
             run.train_seconds = sum(float(r.get("train_seconds", 0.0)) for r in run.epochs)
         for key, ev in p["evals"].items():
-            res = _read_json(Path(ev["dir"]) / "results.json")
-            if res is not None:
-                run.evals[key] = res
-                run.eval_dirs[key] = Path(ev["dir"])
-                run.eval_seconds[key] = driver_seconds(root, f"eval_{key}") or res.get(
-                    "wall_time_s"
-                )
+            if not (Path(ev["dir"]) / "results.json").is_file():
+                continue
+            res = read_eval_run(Path(ev["dir"]), strict=False)
+            if isinstance(res, Problem):
+                problems.append(res)
+                continue
+            run.evals[key] = res
+            run.eval_seconds[key] = driver_seconds(root, f"eval_{key}") or res.wall_time_s
         runs.append(run)
-    return plan, runs
+    return plan, runs, problems
 
 
 # ------------------------------------------------------------------------------------------------
@@ -119,356 +148,31 @@ def collect(runs_dir: Path) -> tuple[dict[str, Any], list[Run]]:
 # ------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Summary:
-    """Mean and range over seeds of one metric (fractions in [0, 1])."""
-
-    n: int
-    mean: float
-    lo: float
-    hi: float
-
-    @property
-    def spread(self) -> float:
-        return self.hi - self.lo
-
-
-def summarize(values: Sequence[float | None]) -> Summary | None:
-    vals = [float(v) for v in values if v is not None]
-    if not vals:
-        return None
-    return Summary(len(vals), statistics.fmean(vals), min(vals), max(vals))
+def _scores(run: Run, study: dict[str, Any]) -> Scores:
+    return scores(run.evals.get(study["robust_key"]), run.evals.get(study["pgd_key"]))
 
 
 def metric(run: Run, name: str, study: dict[str, Any]) -> float | None:
     """clean | pgd | aa accuracy of a run (fraction), from its results.json files."""
-    aa = run.evals.get(study["robust_key"])
-    pgd = run.evals.get(study["pgd_key"])
-    if name == "clean":
-        for res in (aa, pgd):
-            if res and res.get("clean_acc") is not None:
-                return float(res["clean_acc"])
-        return None
-    if name == "pgd":
-        if pgd and pgd.get("robust_acc") is not None:
-            return float(pgd["robust_acc"])
-        if aa and aa.get("pgd"):
-            return float(aa["pgd"]["acc"])
-        return None
-    if name == "aa":
-        return None if not aa or aa.get("robust_acc") is None else float(aa["robust_acc"])
-    raise ValueError(name)
-
-
-def per_class(run: Run, study: dict[str, Any]) -> tuple[list[str], list[float | None]] | None:
-    """Class names and per-class robust accuracy of the robust evaluation (AutoAttack)."""
-    res = run.evals.get(study["robust_key"]) or run.evals.get(study["pgd_key"])
-    if not res or not res.get("per_class") or res["per_class"].get("robust_acc") is None:
-        return None
-    return list(res["per_class"]["names"]), list(res["per_class"]["robust_acc"])
+    if name not in ("clean", "pgd", "aa"):
+        raise ValueError(name)
+    return getattr(_scores(run, study), name)
 
 
 def metric_n(runs: list[Run], name: str, study: dict[str, Any]) -> int | None:
     """How many test images `metric(run, name)` was measured on, if the same for every run."""
     ns = set()
     for r in runs:
-        aa, pgd = r.evals.get(study["robust_key"]), r.evals.get(study["pgd_key"])
-        if name == "clean":
-            src = aa if aa and aa.get("clean_acc") is not None else pgd
-        elif name == "pgd":
-            src = pgd if pgd and pgd.get("robust_acc") is not None else aa
-        else:
-            src = aa
-        if src is not None and metric(r, name, study) is not None:
-            ns.add(int(src["n_examples"]))
+        s = _scores(r, study)
+        if getattr(s, name) is not None:
+            ns.add(int(getattr(s, f"{name}_n")))
     return ns.pop() if len(ns) == 1 else None
 
 
-def pct(v: float | None, digits: int = 1) -> str:
-    return DASH if v is None else f"{100 * v:.{digits}f}"
-
-
-def fmt_summary(s: Summary | None) -> str:
-    if s is None:
-        return DASH
-    if s.n == 1:
-        return f"{pct(s.mean)} (1 seed)"
-    return f"{pct(s.mean)} ({pct(s.lo)}–{pct(s.hi)})"
-
-
-def fmt_seconds(s: float | None) -> str:
-    if s is None:
-        return DASH
-    m, sec = divmod(int(round(s)), 60)
-    return f"{m}m{sec:02d}s" if m else f"{sec}s"
-
-
-def binomial_se(p: float, n: int) -> float:
-    """Standard error of an accuracy p measured on n independent images."""
-    return math.sqrt(max(p * (1 - p), 0.0) / n) if n > 0 else float("nan")
-
-
-def reading(
-    summaries: dict[str, dict[str, Summary | None]],
-    labels: dict[str, str],
-    *,
-    n_test: dict[str, int | None] | int | None,
-    class_diff: tuple[str, str, list[str], list[float | None], list[float | None]] | None = None,
-) -> list[str]:
-    """Bullet points stating only what the numbers show.
-
-    `summaries[metric][method]` for metric in clean/pgd/aa; `labels` maps metric -> display name;
-    `class_diff` = (method A, method B, class names, A's per-class means, B's per-class means).
-    """
-    lines: list[str] = []
-    for m, label in labels.items():
-        ranked = sorted(
-            ((meth, s) for meth, s in summaries.get(m, {}).items() if s is not None),
-            key=lambda t: -t[1].mean,
-        )
-        if not ranked:
-            lines.append(f"{label}: no finished evaluation yet.")
-            continue
-        order = ", ".join(f"{meth} {pct(s.mean)}%" for meth, s in ranked)
-        text = f"{label} (mean over seeds): {order}."
-        if len(ranked) > 1:
-            (b, sb), (c, sc) = ranked[0], ranked[1]
-            gap = 100 * (sb.mean - sc.mean)
-            if gap < TIE_POINTS:
-                text += f" {b} and {c} are tied on the mean."
-            elif sb.n > 1 and sc.n > 1:
-                if sb.lo > sc.hi:
-                    text += (
-                        f" {b} leads {c} by {gap:.1f} points and every {b} seed is above every "
-                        f"{c} seed."
-                    )
-                else:
-                    text += (
-                        f" {b} leads {c} by {gap:.1f} points, but their seed ranges overlap: "
-                        f"the order of these two is not established by {min(sb.n, sc.n)} seeds."
-                    )
-            else:
-                text += f" {b} leads {c} by {gap:.1f} points; with one seed there is no spread to compare."
-        n = n_test.get(m) if isinstance(n_test, dict) else n_test
-        if n:
-            se = 100 * binomial_se(ranked[0][1].mean, n)
-            text += (
-                f" An accuracy near {pct(ranked[0][1].mean)}% measured on {n} test images has a "
-                f"sampling error of ±{se:.1f} points (1 s.e.)."
-            )
-        lines.append(text)
-    spreads = [
-        (s.spread, meth, labels[m])
-        for m in labels
-        for meth, s in summaries.get(m, {}).items()
-        if s is not None and s.n > 1
-    ]
-    if spreads:
-        w, meth, lab = max(spreads)
-        lines.append(
-            f"Seed spread: the largest range between seeds is {100 * w:.1f} points "
-            f"({meth}, {lab}); differences between methods smaller than this are within seed noise."
-        )
-    if "pgd" in summaries and "aa" in summaries:
-        gaps = []
-        for meth, s_aa in summaries["aa"].items():
-            s_pgd = summaries["pgd"].get(meth)
-            if s_aa is not None and s_pgd is not None:
-                gaps.append(f"{meth} {100 * (s_pgd.mean - s_aa.mean):.1f}")
-        if gaps:
-            lines.append(
-                "PGD-20 minus AutoAttack (points, mean): "
-                + ", ".join(gaps)
-                + ". A large gap means PGD-20 overestimates robustness for that method."
-            )
-    if class_diff is not None:
-        a, b, names, va, vb = class_diff
-        diffs = [
-            (100 * (x - y), n) for n, x, y in zip(names, va, vb) if x is not None and y is not None
-        ]
-        if diffs:
-            up = [d for d in diffs if d[0] >= TIE_POINTS]
-            down = [d for d in diffs if d[0] <= -TIE_POINTS]
-            text = (
-                f"Per class ({a} minus {b}, robust accuracy): {len(up)} of {len(diffs)} classes "
-                f"favour {a}, {len(down)} favour {b}, {len(diffs) - len(up) - len(down)} tied"
-            )
-            if up:
-                d, n = max(up)
-                text += f"; largest gain {d:+.1f} points ({n})"
-            if down:
-                d, n = min(down)
-                text += f"; largest loss {d:+.1f} points ({n})"
-            lines.append(text + ".")
-            for meth, vals in ((a, va), (b, vb)):
-                pairs = [(v, n) for n, v in zip(names, vals) if v is not None]
-                if pairs:
-                    v, n = min(pairs)
-                    lines.append(f"Weakest class for {meth}: {n} ({pct(v)}% robust).")
-    return lines
-
-
-# ------------------------------------------------------------------------------------------------
-# paired comparisons: method A minus method B on the same test images
-# ------------------------------------------------------------------------------------------------
-
-
-def robust_flags(run: Run, key: str) -> list[bool] | None:
-    """Per test image, whether it stayed correct under evaluation `key` (its per_example.pt)."""
-    d = run.eval_dirs.get(key)
-    if d is None or not (d / "per_example.pt").is_file():
-        return None
-    import torch
-
-    try:
-        data = torch.load(d / "per_example.pt", map_location="cpu", weights_only=True)
-        return [bool(v) for v in data["robust_correct"].tolist()]
-    except (OSError, RuntimeError, KeyError, ValueError):
-        return None
-
-
-def mcnemar_p(a_only: int, b_only: int) -> float:
-    """Exact two-sided McNemar test: p-value of the discordant split under "A and B are equal"."""
-    n = a_only + b_only
-    if n == 0:
-        return 1.0
-    k = min(a_only, b_only)
-    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
-    return min(1.0, 2 * tail)
-
-
-@dataclass(frozen=True)
-class PairedSeed:
-    seed: int
-    diff: float  # robust accuracy of A minus B (fraction)
-    a_only: int | None  # images robust under A but not B (None: no per-image results)
-    b_only: int | None
-    n: int | None
-
-    @property
-    def p(self) -> float | None:
-        return None if self.a_only is None else mcnemar_p(self.a_only, self.b_only or 0)
-
-
-def paired(runs: list[Run], a: str, b: str, key: str) -> list[PairedSeed]:
-    """A minus B per seed where both have evaluation `key`."""
-    out = []
-    for ra in runs:
-        if ra.slug != a or key not in ra.evals:
-            continue
-        rb = next((r for r in runs if r.slug == b and r.seed == ra.seed and key in r.evals), None)
-        if rb is None or ra.evals[key].get("robust_acc") is None:
-            continue
-        diff = float(ra.evals[key]["robust_acc"]) - float(rb.evals[key]["robust_acc"])
-        fa, fb = robust_flags(ra, key), robust_flags(rb, key)
-        if fa is not None and fb is not None and len(fa) == len(fb):
-            a_only = sum(x and not y for x, y in zip(fa, fb))
-            b_only = sum(y and not x for x, y in zip(fa, fb))
-            out.append(PairedSeed(ra.seed, diff, a_only, b_only, len(fa)))
-        else:
-            out.append(PairedSeed(ra.seed, diff, None, None, None))
-    return out
-
-
-def paired_verdict(seeds: list[PairedSeed]) -> str:
-    """Whether the mean difference exceeds the seed-to-seed spread of the difference."""
-    if not seeds:
-        return "no paired results"
-    diffs = [s.diff for s in seeds]
-    mean = statistics.fmean(diffs)
-    if len(seeds) == 1:
-        return "one seed: no spread to compare"
-    spread = max(diffs) - min(diffs)
-    same_sign = all(d > 0 for d in diffs) or all(d < 0 for d in diffs)
-    if same_sign and abs(mean) > spread:
-        return f"yes: every seed has the same sign and |mean| {100 * abs(mean):.1f} > spread {100 * spread:.1f}"
-    if same_sign:
-        return f"no: same sign on every seed, but |mean| {100 * abs(mean):.1f} <= spread {100 * spread:.1f}"
-    return f"no: the seeds disagree in sign (spread {100 * spread:.1f})"
-
-
-# ------------------------------------------------------------------------------------------------
-# plots
-# ------------------------------------------------------------------------------------------------
-
-COLORS = {"pgdat": "tab:blue", "trades": "tab:orange", "gkl": "tab:green", "gkl_loss": "tab:red"}
-
-
-def _plt() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_val_curves(runs: list[Run], path: Path) -> Path:
-    """Held-out clean and PGD-10 accuracy per epoch (from metrics.jsonl), one line per run."""
-    plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharex=True)
-    styles = ["-", "--", ":", "-."]
-    seeds = sorted({r.seed for r in runs})
-    for r in runs:
-        if not r.epochs:
-            continue
-        ep = [int(e["epoch"]) for e in r.epochs]
-        style = styles[seeds.index(r.seed) % len(styles)]
-        color = COLORS.get(r.slug)
-        lbl = f"{r.method} seed {r.seed}"
-        axes[0].plot(ep, [100 * e["val_pgd_acc"] for e in r.epochs], style, color=color, label=lbl)
-        axes[1].plot(
-            ep, [100 * e["val_clean_acc"] for e in r.epochs], style, color=color, label=lbl
-        )
-    axes[0].set_title("robust validation accuracy (PGD, held-out split)")
-    axes[1].set_title("clean validation accuracy (held-out split)")
-    from matplotlib.ticker import MaxNLocator
-
-    for ax in axes:
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("accuracy (%)")
-        ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def plot_clean_vs_aa(runs: list[Run], study: dict[str, Any], path: Path) -> Path:
-    """Clean vs AutoAttack accuracy on the test images, one point per run."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5.5, 4.5))
-    markers = ["o", "s", "^", "D", "v"]
-    seeds = sorted({r.seed for r in runs})
-    seen: set[str] = set()
-    for r in runs:
-        c, a = metric(r, "clean", study), metric(r, "aa", study)
-        if c is None or a is None:
-            continue
-        ax.scatter(
-            100 * c,
-            100 * a,
-            color=COLORS.get(r.slug),
-            marker=markers[seeds.index(r.seed) % len(markers)],
-            label=r.method if r.method not in seen else None,
-            s=50,
-        )
-        ax.annotate(
-            f"s{r.seed}", (100 * c, 100 * a), fontsize=7, xytext=(4, 3), textcoords="offset points"
-        )
-        seen.add(r.method)
-    ax.set_xlabel("clean accuracy (%)")
-    ax.set_ylabel("AutoAttack accuracy (%)")
-    ax.set_title("clean vs AutoAttack (test images)")
-    ax.grid(alpha=0.3)
-    if seen:
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+def per_class(run: Run, study: dict[str, Any]) -> tuple[list[str], list[float | None]] | None:
+    """Class names and per-class robust accuracy of the robust evaluation (AutoAttack)."""
+    ev = run.evals.get(study["robust_key"]) or run.evals.get(study["pgd_key"])
+    return None if ev is None else ev.per_class_robust
 
 
 def class_means(
@@ -479,49 +183,119 @@ def class_means(
     if not rows:
         return None
     names = rows[0][0]
-    means, los, his = [], [], []
-    for i in range(len(names)):
-        s = summarize([v[i] for _, v in rows])
-        means.append(None if s is None else s.mean)
-        los.append(None if s is None else s.lo)
-        his.append(None if s is None else s.hi)
-    return names, means, los, his
+    stats = [summarize([v[i] for _, v in rows]) for i in range(len(names))]
+    return (
+        names,
+        [None if s is None else s.mean for s in stats],
+        [None if s is None else s.lo for s in stats],
+        [None if s is None else s.hi for s in stats],
+    )
+
+
+def paired(runs: list[Run], a: str, b: str, key: str) -> list[PairedSeed]:
+    """A minus B per seed where both have evaluation `key` (McNemar from per_example.pt)."""
+    out = []
+    for ra in runs:
+        ev_a = ra.evals.get(key)
+        if ra.slug != a or ev_a is None or ev_a.robust_acc is None:
+            continue
+        rb = next((r for r in runs if r.slug == b and r.seed == ra.seed and key in r.evals), None)
+        if rb is None or rb.evals[key].robust_acc is None:
+            continue
+        ev_b = rb.evals[key]
+        out.append(
+            paired_seed(
+                ra.seed, ev_a.robust_acc, ev_b.robust_acc, ev_a.robust_flags(), ev_b.robust_flags()
+            )
+        )
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# plots (drawn by advtrain.report.plots, the command's own code)
+# ------------------------------------------------------------------------------------------------
+
+COLORS = {"pgdat": "tab:blue", "trades": "tab:orange", "gkl": "tab:green", "gkl_loss": "tab:red"}
+
+
+def _seed_index(runs: list[Run], seed: int) -> int:
+    return sorted({r.seed for r in runs}).index(seed)
+
+
+def plot_val_curves(runs: list[Run], path: Path) -> Path:
+    """Held-out clean and PGD-10 accuracy per epoch (from metrics.jsonl), one line per run."""
+    lines = [
+        plots.Line(
+            f"{r.method} seed {r.seed}",
+            r.epochs,
+            COLORS.get(r.slug),
+            plots.LINESTYLES[_seed_index(runs, r.seed) % 4],
+        )
+        for r in runs
+        if r.epochs
+    ]
+    panels = [
+        plots.Panel(
+            ("val_pgd_acc",),
+            "robust validation accuracy (PGD, held-out split)",
+            "accuracy (%)",
+            percent=True,
+        ),
+        plots.Panel(
+            ("val_clean_acc",),
+            "clean validation accuracy (held-out split)",
+            "accuracy (%)",
+            percent=True,
+        ),
+    ]
+    return plots.plot_curves(
+        lines,
+        panels,
+        path,
+        ncols=2,
+        legend=1,
+        figsize=(10, 4),
+        sharex=True,
+        drop_empty=False,
+        title_fontsize=None,
+    )
+
+
+def plot_clean_vs_aa(runs: list[Run], study: dict[str, Any], path: Path) -> Path:
+    """Clean vs AutoAttack accuracy on the test images, one point per run."""
+    points = []
+    for r in runs:
+        c, a = metric(r, "clean", study), metric(r, "aa", study)
+        if c is None or a is None:
+            continue
+        marker = plots.MARKERS[_seed_index(runs, r.seed) % 5]
+        points.append(plots.Point(c, a, r.method, COLORS.get(r.slug), marker, f"s{r.seed}"))
+    return plots.plot_scatter(
+        points,
+        path,
+        xlabel="clean accuracy (%)",
+        ylabel="AutoAttack accuracy (%)",
+        title="clean vs AutoAttack (test images)",
+    )
 
 
 def plot_per_class(
     runs: list[Run], study: dict[str, Any], labels: dict[str, str], path: Path
 ) -> Path:
     """Per-class robust accuracy of the two compared methods (bars: mean over seeds; whiskers: range)."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(10, 4))
-    slugs = list(study["compare"])
-    width = 0.8 / len(slugs)
-    names: list[str] = []
-    for i, slug in enumerate(slugs):
+    bars = []
+    for slug in study["compare"]:
         cm = class_means(runs, slug, study)
-        if cm is None:
-            continue
-        names, means, los, his = cm
-        xs = [j + (i - (len(slugs) - 1) / 2) * width for j in range(len(names))]
-        m = [100 * (v or 0.0) for v in means]
-        err = [
-            [100 * ((v or 0.0) - (lo or 0.0)) for v, lo in zip(means, los)],
-            [100 * ((hi or 0.0) - (v or 0.0)) for v, hi in zip(means, his)],
-        ]
-        ax.bar(
-            xs, m, width, yerr=err, capsize=2, color=COLORS.get(slug), label=labels.get(slug, slug)
-        )
-    ax.set_xticks(range(len(names)))
-    ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
-    ax.set_ylabel("robust accuracy (%)")
-    ax.set_title("per-class robust accuracy (AutoAttack, test images; whiskers: seed range)")
-    ax.grid(axis="y", alpha=0.3)
-    if names:
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+        if cm is not None:
+            names, means, los, his = cm
+            bars.append(
+                plots.Bars(labels.get(slug, slug), names, means, los, his, COLORS.get(slug))
+            )
+    return plots.plot_per_class(
+        bars,
+        path,
+        title="per-class robust accuracy (AutoAttack, test images; whiskers: seed range)",
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -529,14 +303,24 @@ def plot_per_class(
 # ------------------------------------------------------------------------------------------------
 
 
-def _code(cmd: str) -> str:
-    return "`" + cmd.replace("|", "\\|") + "`"
+def _all_runs_report(runs_dir: Path, out: Path, title: str) -> Path | None:
+    """The command's report of every run in the study (None if there is no run to show yet)."""
+    try:
+        return write_runs_report([runs_dir], out, title=f"{title}: every run").markdown
+    except ReportError as e:
+        print(f"warning: no all-runs report: {e}", file=sys.stderr)
+        return None
 
 
 def write_report(runs_dir: Path, out_dir: Path) -> Path:
-    """Write README.md, summary.json and the PNG plots into out_dir; returns the README path."""
+    """Write README.md, report.html, summary.json, the PNG plots and all_runs/ into out_dir.
+
+    Returns the README path.
+    """
     runs_dir, out_dir = Path(runs_dir).resolve(), Path(out_dir)
-    plan, runs = collect(runs_dir)
+    plan, runs, problems = collect(runs_dir)
+    for p in problems:
+        print(f"warning: {p}", file=sys.stderr)
     study = plan["study"]
     out_dir.mkdir(parents=True, exist_ok=True)
     methods: list[tuple[str, str]] = []  # (slug, label) in the study's order, present in the plan
@@ -559,7 +343,7 @@ def write_report(runs_dir: Path, out_dir: Path) -> Path:
     }
     n_test = {m: metric_n(runs, m, study) for m in labels}
 
-    plots = {
+    figures = {
         "val_curves": plot_val_curves(runs, out_dir / "val_curves.png"),
         "clean_vs_aa": plot_clean_vs_aa(runs, study, out_dir / "clean_vs_aa.png"),
         "per_class": plot_per_class(runs, study, method_label, out_dir / "per_class_robust.png"),
@@ -702,6 +486,15 @@ def write_report(runs_dir: Path, out_dir: Path) -> Path:
         "(per_class_robust.png)"
     )
     L.append("")
+    all_runs = _all_runs_report(runs_dir, out_dir / ALL_RUNS_DIR, study["title"])
+    if all_runs is not None:
+        L.append(
+            "Every run's training curves (loss terms, eps, lr), each AutoAttack stage and each "
+            "evaluation's red flags, as `python -m advtrain report` draws them: "
+            f"[{ALL_RUNS_DIR}/report.md]({ALL_RUNS_DIR}/report.md) (as one file: "
+            f"`{ALL_RUNS_DIR}/report.html`)."
+        )
+        L.append("")
 
     L += ["## Reading", ""]
     L.append("Generated from the numbers above; it states nothing they do not show.")
@@ -722,15 +515,12 @@ def write_report(runs_dir: Path, out_dir: Path) -> Path:
                 f"McNemar p < 0.05 on {len(sig)} of {len(ps)} seed(s)."
             )
     flagged = [
-        (r, k, res)
-        for r in runs
-        for k, res in r.evals.items()
-        if res.get("unreliable") or res.get("warnings")
+        (r, k, res) for r in runs for k, res in r.evals.items() if res.unreliable or res.warnings
     ]
     for r, k, res in flagged:
         L.append(
             f"- Evaluation warning ({r.method} seed {r.seed}, {eval_label.get(k, k)}): "
-            + "; ".join(res.get("warnings") or ["marked unreliable"])
+            + "; ".join(res.warnings or ["marked unreliable"])
         )
     if "gkl" in method_label:
         L.append(
@@ -754,6 +544,7 @@ def write_report(runs_dir: Path, out_dir: Path) -> Path:
     L.append("")
     readme = out_dir / "README.md"
     readme.write_text("\n".join(L))
+    write_html(readme, out_dir / "report.html", title=study["title"])
 
     summary = {
         "study": study["name"],
@@ -774,8 +565,8 @@ def write_report(runs_dir: Path, out_dir: Path) -> Path:
                 "per_class": per_class(r, study),
                 "eval_flags": {
                     k: {
-                        "unreliable": bool(res.get("unreliable")),
-                        "warnings": res.get("warnings") or [],
+                        "unreliable": res.unreliable,
+                        "warnings": res.warnings,
                     }
                     for k, res in r.evals.items()
                 },
@@ -794,7 +585,7 @@ def write_report(runs_dir: Path, out_dir: Path) -> Path:
             m: {lab: (None if s is None else asdict(s)) for lab, s in d.items()}
             for m, d in summaries.items()
         },
-        "plots": {k: p.name for k, p in plots.items()},
+        "plots": {k: p.name for k, p in figures.items()},
         "paired": [
             {
                 "a": la,
