@@ -31,12 +31,12 @@ from advtrain.attacks.threat import (
     START_MODES,
     ThreatModel,
     as_count,
-    as_number,
     make_threat,
     memory_format_of,
     normalize_norm,
     per_sample_shape,
 )
+from advtrain.config.values import check_step_size
 from advtrain.errors import ConfigError
 from advtrain.utils.images import check_unit_range
 
@@ -72,30 +72,11 @@ def check_budget(
 ) -> tuple[float, int, int]:
     """Validated ``(step_size, steps, restarts)`` for ``threat``; :class:`ConfigError` otherwise.
 
-    A step longer than ``eps`` from the clean point is rejected: the projection throws the excess
-    away, so such a value is almost always a unit mistake (pixels) or a swapped argument.
-    ``step_size == eps`` (FGSM, the 2-step phase of the GKL schedule) is allowed. After a uniform
-    random start a longer step does change the result, so up to ``2 * eps`` (the ball's diameter)
-    is allowed there: FGSM-RS (Wong et al. 2020) uses ``1.25 * eps``.
+    The step-length rule (at most ``eps``, or ``2 * eps`` after a uniform start) lives with the other
+    value checks in :func:`advtrain.config.values.check_step_size`.
     """
-    step = as_number("step_size", step_size)
-    if step <= 0:
-        raise ConfigError(f"step_size={step:g} must be > 0 (e.g. eps/4)")
     uniform = start_mode(random_start) == "uniform"
-    limit = 2.0 * threat.eps if uniform else threat.eps
-    if step > limit * (1.0 + 1e-6):
-        hint = (
-            f"; step_size={step:g} looks like a pixel count, write {step:g}/255"
-            if step >= 1 and step.is_integer()
-            else ""
-        )
-        allowed = (
-            "2 * eps with a uniform random start" if uniform else "eps without a uniform start"
-        )
-        raise ConfigError(
-            f"step_size={step:g} is larger than eps={threat.eps:g} allows (at most {allowed}; "
-            f"eps for FGSM, about eps/4 for multi-step PGD){hint}"
-        )
+    step = check_step_size(step_size, threat.eps, uniform_start=uniform)
     return step, as_count("steps", steps), as_count("restarts", restarts)
 
 

@@ -12,14 +12,15 @@ covers the whole cube and reports 0 % robust accuracy without any hint why.
 
 from __future__ import annotations
 
-import math
-import numbers
 from abc import ABC, abstractmethod
 from typing import Literal
 
 import torch
 from torch import Tensor
 
+from advtrain.config.values import check_eps as _check_eps
+from advtrain.config.values import count as as_count
+from advtrain.config.values import number as as_number
 from advtrain.errors import ConfigError
 
 __all__ = [
@@ -41,50 +42,8 @@ START_MODES: tuple[str, ...] = ("uniform", "normal", "none")
 #: Canonical norm names, keyed by the lower-case spellings we accept.
 NORMS: dict[str, str] = {"linf": "Linf", "inf": "Linf", "l2": "L2", "2": "L2"}
 
-#: An L2 budget at or above this is read as pixel units. Real L2 budgets on [0, 1] images are at
-#: most a few units (CIFAR 0.5, MNIST / Fashion-MNIST 2.0, ImageNet 3.0), while pixel-unit values
-#: are 255x larger (0.25 -> 63.75, 0.5 -> 127.5). A rule "integer and > 1" would reject the standard
-#: MNIST and ImageNet budgets 2.0 and 3.0, so the cut sits between the two populations.
-_L2_PIXEL_THRESHOLD = 16.0
-
 #: Standard deviation of the TRADES / GKL "normal" start (x + 0.001 N(0, 1)).
 _NORMAL_START_STD = 0.001
-
-
-def as_number(name: str, value: object) -> float:
-    """``float(value)`` for a real, finite number; a one-line :class:`ConfigError` otherwise.
-
-    Config files can hand us strings (``"8/255"``) or booleans; both must fail loudly rather than
-    be coerced into a nonsense budget.
-    """
-    if isinstance(value, Tensor) and value.numel() == 1 and not value.dtype == torch.bool:
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ConfigError(
-            f"{name}={value!r} must be a number, not {type(value).__name__} "
-            "(e.g. 0.0313725 for 8/255)"
-        )
-    number = float(value)
-    if not math.isfinite(number):
-        raise ConfigError(f"{name}={number} must be a finite number")
-    return number
-
-
-def as_count(name: str, value: object) -> int:
-    """A positive integer count (steps, restarts); integral floats from YAML are accepted."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ConfigError(f"{name}={value!r} must be an integer >= 1")
-    if not float(value).is_integer():
-        raise ConfigError(f"{name}={value!r} must be an integer >= 1")
-    count = int(value)
-    if count < 1:
-        raise ConfigError(f"{name}={count} must be >= 1 (to run no attack, do not call one)")
-    return count
-
-
-def _pixel_hint(name: str, value: float) -> str:
-    """The fix for a budget written in pixel units (0..255) instead of [0, 1] units."""
-    return f"{name}={value:g} looks like a pixel count; write {value:g}/255 (= {value / 255:.6f})"
 
 
 def normalize_norm(norm: str) -> str:
@@ -193,14 +152,7 @@ class LinfBall(ThreatModel):
 
     @classmethod
     def check_eps(cls, eps: object) -> float:
-        value = as_number("eps", eps)
-        if value <= 0:
-            raise ConfigError(f"eps={value:g} must be > 0 (e.g. 8/255 for CIFAR L-inf)")
-        if value > 1:
-            if value.is_integer():
-                raise ConfigError(_pixel_hint("eps", value) + " for images in [0, 1]")
-            raise ConfigError(f"L-inf eps={value:g} must be in (0, 1] for images in [0, 1]")
-        return value
+        return _check_eps("Linf", eps)
 
     def _uniform_delta(self, x0: Tensor, generator: torch.Generator | None) -> Tensor:
         return _sample("rand", x0, generator).mul_(2.0 * self.eps).sub_(self.eps)
@@ -220,21 +172,12 @@ class L2Ball(ThreatModel):
 
     @classmethod
     def check_eps(cls, eps: object) -> float:
-        value = as_number("eps", eps)
-        if value <= 0:
-            raise ConfigError(f"eps={value:g} must be > 0 (e.g. 0.5 for CIFAR L2)")
-        if value >= _L2_PIXEL_THRESHOLD:
-            raise ConfigError(_pixel_hint("L2 eps", value) + " for images in [0, 1]")
-        return value
+        return _check_eps("L2", eps)
 
     def validate_input(self, x: Tensor) -> None:
-        """An L2 radius above ``sqrt(d)`` (the cube's diagonal) covers every image: a unit mistake."""
-        dim = x[0].numel() if x.shape[0] > 0 else 0
-        if dim and self.eps > math.sqrt(dim):
-            raise ConfigError(
-                f"L2 eps={self.eps:g} exceeds sqrt(d)={math.sqrt(dim):.4g}, the diameter of [0, 1]^d "
-                f"for d={dim}; the ball would cover every image (is eps in pixel units?)"
-            )
+        """An L2 radius reaching ``sqrt(d)`` (the cube's diagonal) covers every image: a unit mistake."""
+        if x.dim() > 1 and x.shape[0] > 0:
+            _check_eps("L2", self.eps, tuple(x.shape[1:]))
 
     def _uniform_delta(self, x0: Tensor, generator: torch.Generator | None) -> Tensor:
         # Uniform in the d-ball: isotropic direction, radius eps * U^(1/d) (volume grows as r^d).

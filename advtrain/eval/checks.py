@@ -17,13 +17,13 @@ numbers, but nobody should trust them without an adaptive attack.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
-from fractions import Fraction
 
 import torch
 from torch import Tensor, nn
 
+from advtrain.config.values import L2_PIXEL_THRESHOLD, number
+from advtrain.config.values import check_eps as _check_eps
 from advtrain.errors import AdvtrainError, ConfigError, DataError
 from advtrain.utils.images import check_unit_range
 
@@ -44,10 +44,6 @@ __all__ = [
     "preflight",
 ]
 
-#: An L2 budget at or above this reads as pixel units (0..255): real L2 budgets on [0, 1] images
-#: are a few units at most (CIFAR 0.5, MNIST 2.0, ImageNet 3.0); pixel-unit ones are 255x larger.
-#: Same cut as the training attacks (advtrain.attacks.threat).
-L2_PIXEL_THRESHOLD = 16.0
 #: PGD robust accuracy this many percentage points above AutoAttack's is a masking red flag.
 PGD_GAP_PP = 10.0
 #: Square lowering robust accuracy by more than this fraction after the white-box attacks is a red
@@ -74,20 +70,7 @@ class PreflightError(AdvtrainError):
 
 def parse_eps(value: object) -> float:
     """A budget from a config value: a number, or a fraction string such as "8/255"."""
-    if isinstance(value, bool):
-        raise ConfigError(f"eps={value!r} must be a number such as 8/255")
-    if isinstance(value, int | float):
-        eps = float(value)
-    elif isinstance(value, str):
-        try:
-            eps = float(Fraction(value.replace(" ", "")))
-        except (ValueError, ZeroDivisionError):
-            raise ConfigError(f"eps={value!r} is not a number; write e.g. 8/255 or 0.5") from None
-    else:
-        raise ConfigError(f"eps={value!r} must be a number such as 8/255")
-    if not math.isfinite(eps):
-        raise ConfigError(f"eps={eps} must be finite")
-    return eps
+    return number("eps", value, fractions=True)
 
 
 def eps_to_str(eps: float) -> str:
@@ -98,30 +81,10 @@ def eps_to_str(eps: float) -> str:
     return repr(float(eps)) if not float(eps).is_integer() else f"{eps:g}"
 
 
-def check_eps(norm: str, eps: float, input_shape: Sequence[int] | None = None) -> None:
-    """Raise ConfigError for an eps that cannot be meant for images in [0, 1].
-
-    Linf: every pixel is in [0, 1], so eps >= 1 allows any image at all; the usual mistake is a
-    pixel count (8 instead of 8/255). L2: a budget at or above L2_PIXEL_THRESHOLD, or one larger
-    than the diameter sqrt(D) of the [0, 1] cube, is a pixel count too (0.5 * 255 = 127.5).
-    """
-    if norm not in ("Linf", "L2", "L1"):
-        raise ConfigError(f"norm={norm!r} is unknown; use Linf, L2 or L1")
-    if not eps > 0:
-        raise ConfigError(f"eps={eps:g} must be > 0 (e.g. 8/255 for Linf, 0.5 for L2)")
-    if norm == "Linf" and eps >= 1:
-        raise ConfigError(
-            f"Linf eps={eps:g} covers the whole [0, 1] pixel range; it looks like a pixel count: "
-            f"write {eps:g}/255 (the CIFAR standard is eps=8/255)"
-        )
-    dim = math.prod(int(s) for s in input_shape) if input_shape else None
-    if norm == "L2" and (eps >= L2_PIXEL_THRESHOLD or (dim is not None and eps >= math.sqrt(dim))):
-        raise ConfigError(
-            f"L2 eps={eps:g} is in pixel units (0..255), not [0, 1] units: use {eps / 255:.4g} "
-            f"(the CIFAR-10 L2 standard is eps=0.5)"
-        )
-    if norm == "L1" and dim is not None and eps >= dim:
-        raise ConfigError(f"L1 eps={eps:g} exceeds the input dimension {dim}; use e.g. 12")
+def check_eps(norm: str, eps: float, input_shape: Sequence[int] | None = None) -> float:
+    """Raise ConfigError for an eps that cannot be meant for images in [0, 1] (see
+    :func:`advtrain.config.values.check_eps`, the one place budgets are checked); returns eps."""
+    return _check_eps(norm, eps, input_shape)
 
 
 # --------------------------------------------------------------------------------------------
