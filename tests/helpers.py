@@ -8,7 +8,10 @@ from typing import Any
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from advtrain.cli import CONFIG_DIR, register_resolvers
+from advtrain.config import register_resolvers
+from advtrain.resources import config_dir
+
+CONFIG_DIR = config_dir()
 
 
 def compose_plain(
