@@ -18,27 +18,7 @@ from typing import Any
 
 from advtrain.errors import ConfigError
 
-__all__ = ["TOP_KEYS", "format_summary", "run_eval"]
-
-TOP_KEYS = frozenset(
-    {
-        "data",
-        "model",
-        "eval",
-        "ckpt",
-        "use_ema",
-        "robustbench",
-        "n_examples",
-        "seed",
-        "batch_size",
-        "shard_size",
-        "device",
-        "state_dir",
-        "save_x_adv",
-        "progress",
-        "run_dir",
-    }
-)
+__all__ = ["format_summary", "run_eval"]
 
 
 def _state_dir(cfg: dict[str, Any], run_dir: Path, world_size: int) -> str | Path:
@@ -53,14 +33,13 @@ def _state_dir(cfg: dict[str, Any], run_dir: Path, world_size: int) -> str | Pat
 
 def run_eval(cfg: dict[str, Any]) -> dict[str, Any]:
     """Evaluate the model `cfg` names; returns (and on rank 0 writes) results.json's dict."""
+    from advtrain.config import validate_eval
     from advtrain.eval.api import EvalData, EvalSpec, evaluate
     from advtrain.models.loading import ModelSource, load_model
     from advtrain.utils.distributed import init_distributed
 
     started = time.perf_counter()
-    unknown = sorted(set(cfg) - TOP_KEYS)
-    if unknown:
-        raise ConfigError(f"unknown top-level eval key(s) {unknown}; valid: {sorted(TOP_KEYS)}")
+    cfg = validate_eval(cfg)  # the schema: unknown keys, types, the preset (eps as a number)
     spec = EvalSpec.from_config(cfg)
     run_dir = Path(cfg.get("run_dir") or ".")
     env, device, _ = init_distributed(str(cfg.get("device") or "auto"))

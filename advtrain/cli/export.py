@@ -13,41 +13,17 @@ from advtrain.errors import ConfigError
 if TYPE_CHECKING:
     from advtrain.export.api import CheckResult, ExportResult
 
-__all__ = ["TOP_KEYS", "format_summary", "run_export"]
-
-TOP_KEYS = frozenset(
-    {
-        "data",
-        "model",
-        "ckpt",
-        "use_ema",
-        "results",
-        "model_id",
-        "out_dir",
-        "allow_partial",
-        "checkpoint_url",
-        "verify_n_examples",
-        "check",
-        "check_n_examples",
-        "check_tolerance_pp",
-        "batch_size",
-        "seed",
-        "device",
-        "model_info",
-        "run_dir",
-    }
-)
+__all__ = ["format_summary", "run_export"]
 
 
 def run_export(cfg: dict[str, Any]) -> dict[str, Any]:
     """Export the checkpoint `cfg['ckpt']` evaluated in `cfg['results']`; returns export.json's dict."""
+    from advtrain.config import validate_export
     from advtrain.export.api import ExportSpec, export
     from advtrain.export.robustbench import ExportError
     from advtrain.models.loading import ModelSource
 
-    unknown = sorted(set(cfg) - TOP_KEYS)
-    if unknown:
-        raise ConfigError(f"unknown export key(s) {unknown}; valid: {sorted(TOP_KEYS)}")
+    cfg = validate_export(cfg)  # the schema: unknown keys (model_info's too) and types
     if not cfg.get("ckpt"):
         raise ConfigError("set ckpt=PATH to the checkpoint that was evaluated")
     result = export(ModelSource.from_config(cfg), cfg.get("results"), ExportSpec.from_config(cfg))

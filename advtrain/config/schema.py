@@ -685,16 +685,20 @@ _FIXED_GROUPS: dict[str, type] = {
 }
 
 
-def check_group(group_name: str, given: Any, *, prefix: str | None = None) -> dict[str, Any]:
+def check_group(
+    group_name: str, given: Any, *, prefix: str | None = None, partial: bool = False
+) -> dict[str, Any]:
     """One config group checked against its schema; returns the normalised dict.
 
     The builders call this for the group they read, so a library caller who skips
     :func:`advtrain.config.validate_config` gets the same errors. Per-option groups keep only the keys that
-    were given (the constructor's own defaults apply to the rest, and a stored config stays as written).
+    were given (the constructor's own defaults apply to the rest, and a stored config stays as written);
+    ``partial`` does the same for any group (a library caller passing a subset, e.g. export's metadata).
     """
     prefix = prefix or group_name
     if group_name in _FIXED_GROUPS:
-        return check_node(_FIXED_GROUPS[group_name], given, path=f"{prefix}.", label=prefix)
+        schema = _FIXED_GROUPS[group_name]
+        return check_node(schema, given, path=f"{prefix}.", label=prefix, partial=partial)
     selector = _SELECTOR[group_name]
     if not isinstance(given, Mapping):
         raise ConfigError(
@@ -717,5 +721,5 @@ def check_group(group_name: str, given: Any, *, prefix: str | None = None) -> di
         for key, value in fixed.items():
             V.int_at_least(f"{prefix}.{key}", value, 1)
         return {**check_node(schema, rest, path=f"{prefix}.", label=prefix, partial=True), **fixed}
-    partial = group_name in ("model", "loss")
+    partial = partial or group_name in ("model", "loss")
     return check_node(schema, given, path=f"{prefix}.", label=prefix, partial=partial)

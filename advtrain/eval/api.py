@@ -59,12 +59,6 @@ RESULTS_VERSION = 1
 #: AutoAttack's resumable unit is about this many images (rounded up to whole batches).
 DEFAULT_SHARD = 1000
 KINDS = ("clean", "pgd", "autoattack")
-#: Keys of a configs/eval/ preset, per kind (an unknown key is a typo, not an option).
-PRESET_KEYS = {
-    "clean": {"name", "kind", "norm", "eps"},
-    "pgd": {"name", "kind", "norm", "eps", "steps", "step_size", "restarts", "objective"},
-    "autoattack": {"name", "kind", "norm", "eps", "version", "attacks", "n_restarts", "pgd_steps"},
-}
 _NORMS = {"linf": "Linf", "l2": "L2", "l1": "L1"}
 
 
@@ -138,17 +132,10 @@ class EvalSpec:
     def from_config(cls, cfg: Mapping[str, Any]) -> EvalSpec:
         """From an eval config: the `eval` preset group plus seed, batch_size, shard_size,
         state_dir and progress (the keys of configs/eval.yaml)."""
-        ev = dict(cfg.get("eval") or {})
-        kind = ev.get("kind")
-        if kind not in PRESET_KEYS:
-            raise ConfigError(
-                f"eval.kind={kind!r}: use clean, pgd or autoattack (presets in configs/eval/)"
-            )
-        unknown = sorted(set(ev) - PRESET_KEYS[kind])
-        if unknown:
-            raise ConfigError(
-                f"unknown key(s) {unknown} in the eval preset; valid: {sorted(PRESET_KEYS[kind])}"
-            )
+        from advtrain.config import check_group
+
+        ev = check_group("eval", cfg.get("eval") or {})  # the preset's schema (per kind)
+        kind = ev["kind"]
         if kind == "pgd":
             pgd: dict[str, Any] = {
                 "pgd_steps": int(ev.get("steps") or 0),

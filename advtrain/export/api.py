@@ -45,24 +45,9 @@ from advtrain.export.robustbench import (
 from advtrain.models.loading import ROBUSTBENCH_DATASETS, LoadedModel, ModelSource, load_model
 from advtrain.utils.checkpoint import atomic_write_bytes
 
-__all__ = ["INFO_KEYS", "LOGIT_ATOL", "CheckResult", "ExportResult", "ExportSpec", "export"]
+__all__ = ["LOGIT_ATOL", "CheckResult", "ExportResult", "ExportSpec", "export"]
 
 
-#: The leaderboard metadata a user gives (the rest of model_info comes from results.json).
-INFO_KEYS = frozenset(
-    {
-        "link",
-        "name",
-        "authors",
-        "additional_data",
-        "number_forward_passes",
-        "venue",
-        "architecture",
-        "reported",
-        "footnote",
-        "unreliable",
-    }
-)
 #: A logit difference above this (float32, same ops) means a different computation, not rounding.
 LOGIT_ATOL = 1e-4
 _TV_FILES = {
@@ -511,9 +496,11 @@ def export(
     incomplete or invalid.
     """
     started = time.perf_counter()
-    unknown = sorted(set(spec.metadata) - INFO_KEYS)
-    if unknown:
-        raise ConfigError(f"unknown model_info key(s) {unknown}; valid: {sorted(INFO_KEYS)}")
+    from advtrain.config import check_group
+
+    # The leaderboard metadata a user gives (the rest of model_info comes from results.json):
+    # keys and types from the schema of configs/export.yaml's model_info group.
+    check_group("model_info", spec.metadata, partial=True)
     results_dict, results_path = read_results(results)
     validate_model_id(spec.model_id)
     threat = results_dict.get("norm")
