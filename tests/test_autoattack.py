@@ -143,7 +143,7 @@ def test_custom_equals_direct_and_sets_restarts(tiny: Tiny, cifar: dict[str, tor
     )
     x_adv, y_adv = _direct(tiny, x, y, ["apgd-ce"], 8)
     assert torch.equal(res.x_adv, x_adv) and torch.equal(res.robust_correct, y_adv == y)
-    # pyautoattack's own custom default is 5 APGD restarts (ROBUSTBENCH_FORMAT §11); ours is 1
+    # pyautoattack's own custom default is 5 APGD restarts (docs/robustbench_format.md §8); ours is 1
     assert AutoAttack(tiny, attacks=["apgd-ce"], version="custom").apgd.n_restarts == 5
     aa = build_autoattack(
         tiny, norm="Linf", eps=EPS, version="custom", attacks=["apgd-ce"], seed=0, device="cpu"
@@ -172,7 +172,7 @@ def test_rng_and_mode_restored(tiny: Tiny, cifar: dict[str, torch.Tensor]) -> No
 
 
 def test_noncontiguous_l2_input(tiny: Tiny, cifar: dict[str, torch.Tensor]) -> None:
-    """A permuted (NHWC-backed) batch breaks pyautoattack's L2 APGD (§11); the adapter fixes the layout."""
+    """A permuted (NHWC-backed) batch breaks pyautoattack's L2 APGD (docs/robustbench_format.md §8); the adapter fixes the layout."""
     x, y = cifar["x"][:8], cifar["y"][:8]
     view = x.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
     assert not view.is_contiguous()

@@ -137,7 +137,7 @@ def test_multistep_milestone_is_the_epoch_where_the_lr_changes() -> None:
 
 
 def test_official_cosine_schedule_values() -> None:
-    """GKL_SPEC.md §4: lr_t = 0.2 * 0.5 (1 + cos(pi t / (E + 1))) at t = 1, 100, 150, 200."""
+    """docs/gkl.md §8: lr_t = 0.2 * 0.5 (1 + cos(pi t / (E + 1))) at t = 1, 100, 150, 200."""
     s = LRSchedule(
         lr=0.2, epochs=200, steps_per_epoch=5, schedule="cosine_official", per_iteration=False
     )

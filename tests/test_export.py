@@ -1,7 +1,7 @@
 """Tests of the RobustBench export (advtrain.export): zoo checkpoints, model_info JSON, refusals.
 
 The references are RobustBench's own architecture classes (strict loading, logits on real CIFAR-10
-test images) and the curated leaderboard entries quoted in ROBUSTBENCH_FORMAT §1.1.
+test images) and the curated leaderboard entries quoted in docs/robustbench_format.md §2.1.
 """
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ def test_architectures_without_a_robustbench_class() -> None:
 # model_info format
 # --------------------------------------------------------------------------------------------
 
-# Curated entries, values quoted in ROBUSTBENCH_FORMAT §1.1 (cifar10/Linf/Cui2023Decoupled_WRN-28-10.json).
+# Curated entries, values quoted in docs/robustbench_format.md §2.1 (cifar10/Linf/Cui2023Decoupled_WRN-28-10.json).
 DKL_WRN28 = {
     "link": "https://arxiv.org/abs/2305.13948",
     "name": "Decoupled Kullback-Leibler Divergence Loss",
@@ -195,7 +195,7 @@ def test_validate_strict_rules_and_benchmark_output() -> None:
             {**DKL_WRN28, "eps": "4/255"}, threat_model="Linf", strict=True
         )
     )
-    # what robustbench's benchmark(to_disk=True) writes for a new model (§1.2) is not an entry
+    # what robustbench's benchmark(to_disk=True) writes for a new model (docs/robustbench_format.md §2.2) is not an entry
     raw = {k: None for k in MODEL_INFO_KEYS if k != "unreliable"}
     raw.update(dataset="cifar10", eps=0.03137254901960784, clean_acc="85.0", autoattack_acc="57.1")
     errs = validate_model_info(raw, threat_model="Linf")

@@ -1,7 +1,7 @@
-"""GKL / IKL: math identities, an official-style pairwise reference, the spec's worked example,
+"""GKL / IKL: math identities, an official-style pairwise reference, the worked example of docs/gkl.md §7,
 and the class-weight tracker (float64, CPU).
 
-The pairwise reference below is our own transcription of the formulas in GKL_SPEC.md §1.2-1.4: it
+The pairwise reference below is our own transcription of the formulas in docs/gkl.md §3-§5: it
 builds the (B, C, C) tensors the official code builds, which the library must never do.
 """
 
@@ -95,7 +95,7 @@ def ref_ikl(adv, nat, prior, *, alpha, beta):
 
 
 # ------------------------------------------------------------------------------------------------
-# §1.1: KL = wMSE + softCE in gradient
+# docs/gkl.md §2: KL = wMSE + softCE in gradient
 # ------------------------------------------------------------------------------------------------
 
 
@@ -106,7 +106,7 @@ def test_kl_equals_decoupled_kl_in_gradient(b: int, c: int) -> None:
     kl = F.kl_div(F.log_softmax(s, 1), F.softmax(t, 1), reduction="batchmean")
     g_kl_s, g_kl_t = _grads(kl, s, t)
 
-    # Written out from the spec with the stop-gradients of §1.1 (pairwise reference).
+    # Written out with the stop-gradients of docs/gkl.md §2 (pairwise reference).
     p_t = F.softmax(t, 1).detach()
     w = p_t[:, :, None] * p_t[:, None, :]
     dt = t[:, :, None] - t[:, None, :]
@@ -126,7 +126,7 @@ def test_kl_equals_decoupled_kl_in_gradient(b: int, c: int) -> None:
 
 
 def test_broken_asymmetry_adversarial_logits_get_wmse_gradient() -> None:
-    """Spec §1.2 check: u = softmax(t), α = β = γ = 1: ∂/∂t equals KL's; ∂/∂s = KL's − ∂wMSE/∂t."""
+    """docs/gkl.md §3 check: u = softmax(t), α = β = γ = 1: ∂/∂t equals KL's; ∂/∂s = KL's − ∂wMSE/∂t."""
     s, t = _logits(7, 10, 1), _logits(7, 10, 2)
     u = F.softmax(t, 1).detach()
     kl = trades_kl(s, t)
@@ -249,7 +249,7 @@ def test_zero_weight_rows_contribute_nothing_and_stay_finite() -> None:
 
 
 # ------------------------------------------------------------------------------------------------
-# The worked example of GKL_SPEC §3
+# The worked example of docs/gkl.md §7
 # ------------------------------------------------------------------------------------------------
 
 
@@ -291,7 +291,7 @@ def test_worked_example_table(gamma: float, wmse: float, total: float) -> None:
     assert abs(w.item() - wmse) < 1e-5
     assert abs(c.item() - 0.62554) < 1e-5
     assert abs(gkl_loss(adv, nat, u, alpha=4.0, beta=20.0, gamma=gamma).item() - total) < 1e-5
-    if gamma == 0.4:  # the spec's intermediate numbers: u^γ sums to 1.9234, ΣP = 3.6995
+    if gamma == 0.4:  # the worked example's intermediate numbers: u^γ sums to 1.9234, ΣP = 3.6995
         v = u**gamma
         assert abs(v.sum().item() - 1.9234) < 1e-4 and abs(v.sum().item() ** 2 - 3.6995) < 1e-4
 

@@ -88,7 +88,7 @@ class LinearEpsRamp(BudgetSchedule):
 
     This is what the official GKL-AT code (DKLv2, ``--train_budget high``) actually runs:
     ``LinearEpsRamp(8/255, steps=5, step_ratio=0.5)``. The radius reaches ``eps`` only in the
-    last epoch, so the mean training radius is about ``eps / 2`` (GKL_SPEC.md §6.2).
+    last epoch, so the mean training radius is about ``eps / 2`` (docs/gkl.md §10, oddity 2).
     """
 
     def __init__(self, eps: float, steps: int, step_ratio: float) -> None:
@@ -127,7 +127,7 @@ class PhasedBudget(BudgetSchedule):
 
     The default phases are the *intended* official GKL-AT schedule. The official code does not run
     it: its phase thresholds are chained ``if`` blocks rather than ``elif`` (DKLv2
-    ``train_dkl_cifar10.py`` lines 258-273, GKL_SPEC.md §6.1), so the last block always wins and
+    ``train_dkl_cifar10.py`` lines 258-273, docs/gkl.md §10, oddity 1), so the last block always wins and
     every epoch uses 5 steps of ``eps_t / 2``. To reproduce the shipped behaviour use
     ``LinearEpsRamp(eps, steps=5, step_ratio=0.5)``; use this class for the intended one.
     """

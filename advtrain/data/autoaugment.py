@@ -1,6 +1,6 @@
 """CIFAR-10 AutoAugment and Cutout on uint8 batches, with every random draw from a given generator.
 
-The GKL two-view recipe (GKL_SPEC.md section 4) feeds each image twice: a basic crop+flip view and
+The GKL two-view recipe (docs/gkl.md §8) feeds each image twice: a basic crop+flip view and
 an AutoAugment view. torchvision's ``AutoAugment`` transform would do the second, but it draws from
 the *global* RNG one image at a time, which would make loader batches depend on whatever else
 touched that RNG and break the exact resume of ``TrainLoader``. So the policy is re-expressed here:

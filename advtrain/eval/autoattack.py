@@ -11,7 +11,7 @@ keeps what it returns. Why the wrapping is needed:
 * Reproducibility. With a fixed `seed` every attack re-seeds the *global* torch RNG, so the
   caller's RNG state is saved and restored around each run, and the clean pass is seeded too.
 * Resumability. AutoAttack's own `state_path` resume is broken in both the GitHub and the PyPI
-  versions (ROBUSTBENCH_FORMAT §7.5), so we checkpoint ourselves: the examples are cut into shards
+  versions (docs/robustbench_format.md §6.5), so we checkpoint ourselves: the examples are cut into shards
   of `shard_size` consecutive points, AutoAttack runs on each shard separately, and each finished
   shard is written atomically to `state_dir/shard_XXXXX.pt`. A rerun loads finished shards
   (after checking they belong to the same evaluation) and attacks only the rest.
@@ -177,7 +177,7 @@ def build_autoattack(
 
     For version=custom, `n_restarts` (default 1) is set on APGD, APGD-T and FAB explicitly:
     pyautoattack's constructor defaults are 5 restarts for APGD-CE/-DLR and FAB, which would make
-    a custom `['apgd-ce']` five times the APGD-CE stage of the standard version (§11).
+    a custom `['apgd-ce']` five times the APGD-CE stage of the standard version (docs/robustbench_format.md §8).
     """
     from pyautoattack import AutoAttack
 
@@ -400,7 +400,7 @@ def run_autoattack(
         )
 
     # Standard-contiguous NCHW float32 on the CPU: pyautoattack's L2 APGD and Linf APGD-T call
-    # .view() and fail on permuted or channels_last tensors (§11). Batches move to `dev` one by one.
+    # .view() and fail on permuted or channels_last tensors (docs/robustbench_format.md §8). Batches move to `dev` one by one.
     x = x.detach().to("cpu", torch.float32).contiguous(memory_format=torch.contiguous_format)
     y = y.detach().to("cpu", torch.long).contiguous()
 

@@ -1,7 +1,7 @@
 """Pre-flight checks before an attack and red-flag checks after it.
 
 Why these exist: a robustness number is only meaningful when the model honours the contract every
-attack assumes (RobustBench §0 of docs/ROBUSTBENCH_FORMAT): eval mode, a deterministic forward
+attack assumes (docs/robustbench_format.md §1): eval mode, a deterministic forward
 pass, logits (not probabilities) out, images in [0, 1] in, and an eps in [0, 1] units. Breaking any
 of these does not crash AutoAttack; it silently produces a *too high* robust accuracy (softmax
 outputs flatten the cross-entropy gradient, dropout randomises the gradient, eps=8 is a

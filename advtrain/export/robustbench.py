@@ -1,6 +1,6 @@
 """RobustBench export: zoo checkpoint, leaderboard JSON (`model_info`), submission text, checks.
 
-What RobustBench needs (docs: ROBUSTBENCH_FORMAT §1, §2, §4) and why each rule is enforced here:
+What RobustBench needs (docs/robustbench_format.md §2-§4) and why each rule is enforced here:
 
 * Weights: `models/<dataset>/<threat_model>/<ModelId>.pt` holding `{'state_dict': sd}` that loads
   with `strict=True` into RobustBench's own architecture class. Keys must be flat: its loader strips

@@ -1,6 +1,6 @@
 """A re-implementation of how the official GKL script trains: the test oracle of our trainer.
 
-Written from the description of the official recipe in docs/gkl.md ("The official training loop")
+Written from the description of the official recipe in docs/gkl.md §8
 (no official code is copied). It lives under tests/ because it is scaffolding, not product: the
 tests compare our loss, attack and training step with it, and the `official_loop` benchmark
 (benchmarks/official_loop.py) times our trainer against it.
@@ -77,7 +77,7 @@ def official_dkl_loss(
     gamma: float = 1.0,
     temperature: float = 1.0,
 ) -> Tensor:
-    """The pairwise GKL term (docs/gkl.md, "The pairwise form"): (B, C, C) differences and pair weights.
+    """The pairwise GKL term (docs/gkl.md §3): (B, C, C) differences and pair weights.
 
     wMSE = ¼ Σ_b Σ_jk P_b,jk ((t_j - t_k) - (s_j - s_k))² / Σ P, P = v ⊗ v, v = prior**gamma;
     softCE = mean_b -Σ_j sg(softmax(t/τ))_j log softmax(s/τ)_j; returns beta·wMSE + alpha·softCE.
