@@ -15,26 +15,15 @@ from typing import Any
 
 import torch
 
-from advtrain.engine.build import check_keys, resolve_device
+from advtrain.config import validate_bench
 from advtrain.errors import ConfigError
+from advtrain.utils.distributed import resolve_device
 from benchmarks import get_benchmark
 from benchmarks.common import BenchContext, write_result
 
 log = logging.getLogger(__name__)
 
 __all__ = ["run_bench"]
-
-TOP_LEVEL_KEYS = {
-    "bench",
-    "out_dir",
-    "device",
-    "threads",
-    "seed",
-    "data_root",
-    "dry_run",
-    "run_dir",
-    "only",
-}
 
 
 def _command() -> str:
@@ -52,7 +41,7 @@ def _command() -> str:
 
 def run_bench(cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Run every benchmark under `cfg['bench']`, in order; return their JSON payloads by name."""
-    check_keys("bench top level", cfg, TOP_LEVEL_KEYS)
+    cfg = validate_bench(cfg)  # the top-level keys and types (configs/bench.yaml's schema)
     benches = cfg.get("bench") or {}
     if not isinstance(benches, dict) or not benches:
         raise ConfigError("no benchmark selected: use bench=NAME or bench=all")

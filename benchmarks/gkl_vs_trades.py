@@ -66,9 +66,9 @@ def run(settings: dict[str, Any], ctx: BenchContext) -> BenchResult:
             attack_kwargs=attack,
         )
         if base is None:
-            from advtrain.engine.build import build_model
+            from advtrain.models.loading import model_from_config
 
-            base = build_model(cfg)
+            base = model_from_config(cfg)
         trainers[loss] = build_trainer(cfg, ctx.device, model=copy.deepcopy(base))
         bares[loss] = BareStep.like(trainers[loss], copy.deepcopy(base))
     fmt = trainers["gkl"].memory_format

@@ -1,10 +1,10 @@
 """Build OUR training step exactly as `train` does, and the plain-torch bare bound it is measured against.
 
-`build_trainer` calls the same builders as `advtrain.engine.run.run_training` (model, loss,
-attack + schedule, callbacks, optimiser, learning-rate schedule, fast-path defaults) on a config made
-from the same YAML files in `configs/`, and hands back a `Trainer` whose `train_step` is the code a
-real run executes. Only the data loader, logger and evaluation sets are left out: `train_step`
-does not touch them.
+`build_trainer` calls the one trainer assembly of `advtrain.train` (`engine/build.assemble_trainer`:
+fast-path defaults, optimiser, learning-rate schedule, callbacks) on a config made from the same
+YAML files in `configs/`, and hands back a `Trainer` whose `train_step` is the code a real run
+executes. Only the data loader, logger and evaluation sets are left out: `train_step` does not
+touch them.
 
 `BareStep` is the *bare bound*: the same passes written as the shortest plain-torch loop (no
 validation, no callbacks, no per-step objects, no metrics), i.e. what any hand-written script
@@ -27,16 +27,10 @@ from omegaconf import OmegaConf
 from torch import Tensor, nn
 
 from advtrain.cli import register_resolvers
-from advtrain.engine.build import (
-    build_attack,
-    build_callbacks,
-    build_loss,
-    build_model,
-    build_optimization,
-)
-from advtrain.engine.fastpath import resolve_fast_paths
+from advtrain.engine.build import assemble_trainer, build_attack, build_loss
 from advtrain.engine.trainer import Trainer
 from advtrain.errors import ConfigError
+from advtrain.models.loading import model_from_config
 from advtrain.resources import config_dir
 
 log = logging.getLogger(__name__)
@@ -123,46 +117,25 @@ def build_trainer(
     model: nn.Module | None = None,
     run_dir: Path | None = None,
 ) -> Trainer:
-    """The `Trainer` `run_training(cfg)` would build, minus data, logger and evaluation sets.
+    """The `Trainer` `advtrain.train(cfg)` would build, minus data, logger and evaluation sets.
 
-    `model` (optional) is used instead of a freshly built one, so several sides of a benchmark
-    can start from identical weights. The first epoch's hooks are run (attack budget, loss state),
-    as `Trainer.fit` does before its first batch.
+    The same assembly (`advtrain.engine.build.assemble_trainer`), so the timed step is the trained
+    one. `model` (optional) is used instead of a freshly built one, so several sides of a benchmark
+    can start from identical weights. The first epoch is begun (attack budget, loss state), as
+    `Trainer.fit` does before its first batch.
     """
-    t = cfg["trainer"]
-    fast = resolve_fast_paths(t, device)
-    channels_last, autocast_dtype = fast.channels_last, fast.autocast_dtype
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    net = (model if model is not None else build_model(cfg)).to(device, memory_format=fmt)
-    loss = build_loss(cfg).to(device)
     attack, schedule = build_attack(cfg)
-    optimizer, lr_schedule, settings = build_optimization(cfg, net, steps_per_epoch=1000)
-    callbacks = build_callbacks(cfg, net, schedule)
-    compiled = torch.compile(net) if t.get("compile") else None
-    trainer = Trainer(
-        model=net,
-        loss=loss,
+    trainer = assemble_trainer(
+        cfg,
+        model=model if model is not None else model_from_config(cfg),
+        loss=build_loss(cfg),
         attack=attack,
-        optimizer=optimizer,
-        lr_schedule=lr_schedule,
-        train_loader=None,
-        val_set=None,
-        test_set=None,
-        callbacks=callbacks,
-        settings=settings,
-        run_dir=run_dir or Path(tempfile.gettempdir()) / "advtrain-bench",
+        schedule=schedule,
         device=device,
-        config=cfg,
-        seed=int(cfg["seed"]),
-        logger=None,
-        autocast_dtype=autocast_dtype,
-        attack_autocast_dtype=fast.attack_autocast_dtype,
-        channels_last=channels_last,
-        compiled_model=compiled,
+        steps_per_epoch=1000,
+        run_dir=run_dir or Path(tempfile.gettempdir()) / "advtrain-bench",
     )
-    for cb in trainer.callbacks:
-        cb.on_epoch_start(trainer, trainer.epoch)
-    trainer.loss.on_epoch_start(trainer.epoch)
+    trainer.begin_epoch()
     return trainer
 
 

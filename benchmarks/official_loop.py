@@ -96,9 +96,9 @@ def run(settings: dict[str, Any], ctx: BenchContext) -> BenchResult:
     )
     oracle = reference("official_loop")
     torch.manual_seed(ctx.seed)
-    from advtrain.engine.build import build_model
+    from advtrain.models.loading import model_from_config
 
-    base = build_model(cfg)
+    base = model_from_config(cfg)
     trainer = build_trainer(cfg, ctx.device, model=copy.deepcopy(base))
     lc = cfg["loss"]
     official = oracle.OfficialLoop(

@@ -231,7 +231,7 @@ def test_official_perturb_matches_our_attack() -> None:
 
 
 def test_official_pairwise_loss_reproduces_the_spec_worked_example() -> None:
-    """GKL_SPEC.md §3 worked example (C = 3): wMSE 0.48734 (γ 1) / 0.46496 (γ 0.4), soft-CE
+    """docs/gkl.md §7 worked example (C = 3): wMSE 0.48734 (γ 1) / 0.46496 (γ 0.4), soft-CE
     0.62554, α·softCE + β·wMSE = 12.24902 (α 4, β 20)."""
     nat = torch.tensor([[3.0, 0.5, -1.0]], dtype=torch.float64)
     adv = torch.tensor([[1.5, 1.0, -0.5]], dtype=torch.float64)

@@ -65,11 +65,12 @@ def _bn_free(build: Any) -> Any:
 
 def _patch_run_module(out: Path, tag: str) -> None:
     """BN-free models, and a Trainer that dumps each rank's replicated state when it finishes."""
-    import advtrain.engine.run as run
-    from advtrain.engine.build import build_model
+    import advtrain.engine.api as api
+    import advtrain.engine.build as build
     from advtrain.engine.trainer import Trainer as base
+    from advtrain.models.loading import model_from_config
 
-    run.build_model = _bn_free(build_model)
+    api.model_from_config = _bn_free(model_from_config)
 
     class DumpingTrainer(base):  # type: ignore[misc,valid-type]
         def fit(self) -> dict[str, Any]:
@@ -85,7 +86,7 @@ def _patch_run_module(out: Path, tag: str) -> None:
             )
             return result
 
-    run.Trainer = DumpingTrainer
+    build.Trainer = DumpingTrainer  # the class engine/build.assemble_trainer instantiates
 
 
 def _worker(out: Path, data_dir: Path) -> None:
@@ -93,7 +94,7 @@ def _worker(out: Path, data_dir: Path) -> None:
     sys.path.insert(0, str(TESTS))
     from helpers import compose_plain
 
-    from advtrain.engine.run import run_training
+    import advtrain
 
     torch.set_num_threads(1)
     base = [
@@ -103,10 +104,10 @@ def _worker(out: Path, data_dir: Path) -> None:
         "trainer.keep_last=10",
     ]
     _patch_run_module(out, "A")
-    run_training(compose_plain(base, run_dir=out / "A"))
+    advtrain.train(compose_plain(base, run_dir=out / "A"))
     _patch_run_module(out, "B")
     mid = out / "A" / "checkpoints" / "step_000000003.pt"
-    run_training(compose_plain([*base, f"resume={mid}"], run_dir=out / "B"))
+    advtrain.train(compose_plain([*base, f"resume={mid}"], run_dir=out / "B"))
 
 
 def _torchrun(args: list[str], env: dict[str, str] | None = None, timeout: int = 300) -> str:
@@ -139,12 +140,14 @@ def test_two_ranks_equal_one_process_and_resume_exactly(
     # One process, same global batch 64, in this process (same patch).
     from helpers import compose_plain
 
-    import advtrain.engine.run as run
+    import advtrain
+    import advtrain.engine.api as api
+    import advtrain.engine.build as build
 
-    monkeypatch.setattr(run, "build_model", run.build_model)
-    monkeypatch.setattr(run, "Trainer", run.Trainer)
+    monkeypatch.setattr(api, "model_from_config", api.model_from_config)  # undone after the test
+    monkeypatch.setattr(build, "Trainer", build.Trainer)
     _patch_run_module(tmp_path, "single")
-    run.run_training(compose_plain([*EQUIV, f"data.root={data_dir}"], run_dir=tmp_path / "single"))
+    advtrain.train(compose_plain([*EQUIV, f"data.root={data_dir}"], run_dir=tmp_path / "single"))
 
     ddp, single = _epoch_records(tmp_path / "A"), _epoch_records(tmp_path / "single")
     assert [r["epoch"] for r in ddp] == [1, 2] and [r["step"] for r in ddp] == [4, 8]

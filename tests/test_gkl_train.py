@@ -8,7 +8,7 @@ import pytest
 import torch
 from helpers import compose_plain
 
-from advtrain.engine.run import run_training
+import advtrain
 from advtrain.utils.checkpoint import load_checkpoint
 from advtrain.utils.logging import read_metrics
 
@@ -34,7 +34,7 @@ def test_short_gkl_run_learns_robustness_above_chance(tmp_path: Path, data_dir: 
         ],
         run_dir=tmp_path,
     )
-    run_training(cfg)
+    advtrain.train(cfg)
     records = [r for r in read_metrics(tmp_path) if not r.get("final")]
     assert len(records) == 4
     for r in records:  # no NaN anywhere, the eps ramp reaches 8/255 at the last epoch

@@ -17,7 +17,8 @@ import pytest
 import torch
 from helpers import compose_plain
 
-from advtrain.engine.run import latest_checkpoint, run_training
+import advtrain
+from advtrain.engine.resume import latest_checkpoint
 from advtrain.engine.trainer import _link_atomic
 from advtrain.errors import NonFiniteLossError
 from advtrain.utils.checkpoint import load_checkpoint, save_checkpoint
@@ -139,13 +140,13 @@ def test_resume_auto_skips_truncated_newest_and_recreates_it(
         "trainer.keep_last=4",
         "trainer.deterministic=true",
     ]
-    run_training(compose_plain(["+exp=smoke", *LIGHT, *extra], run_dir=tmp_path))
+    advtrain.train(compose_plain(["+exp=smoke", *LIGHT, *extra], run_dir=tmp_path))
     newest = tmp_path / "checkpoints" / "step_000000004.pt"
     good = load_checkpoint(newest)
     # A torn write of the newest file: last.pt is the same inode, so it is torn too.
     newest.write_bytes(newest.read_bytes()[:5000])
     assert latest_checkpoint(tmp_path) == tmp_path / "checkpoints" / "step_000000003.pt"
-    run_training(compose_plain(["+exp=smoke", *LIGHT, *extra, "resume=auto"], run_dir=tmp_path))
+    advtrain.train(compose_plain(["+exp=smoke", *LIGHT, *extra, "resume=auto"], run_dir=tmp_path))
     redone = load_checkpoint(newest)  # re-trained step 4 from step 3, identical to the lost one
     _assert_same_state(good, redone)
     assert load_checkpoint(tmp_path / "last.pt")["step"] == 4
@@ -171,9 +172,9 @@ def test_hard_links_survive_rewrites_and_rotation(tmp_path: Path) -> None:
 
 def _nan_at(monkeypatch: pytest.MonkeyPatch, calls: set[int], stamps: list[float]) -> None:
     """Make the training loss NaN at the given (1-based) forward calls, recording when it happened."""
-    import advtrain.engine.run as run
+    import advtrain.engine.api as api
 
-    build = run.build_loss
+    build = api.build_loss
     count = [0]
 
     def build_loss(cfg: dict[str, Any]) -> Any:
@@ -191,7 +192,7 @@ def _nan_at(monkeypatch: pytest.MonkeyPatch, calls: set[int], stamps: list[float
         loss.forward = forward
         return loss
 
-    monkeypatch.setattr(run, "build_loss", build_loss)
+    monkeypatch.setattr(api, "build_loss", build_loss)
 
 
 @pytest.mark.slow
@@ -211,7 +212,7 @@ def test_nonfinite_stop_keeps_last_good_checkpoint_untouched(
     with pytest.raises(
         NonFiniteLossError, match=r"epoch 2 step 6 \(loss=nan; ce=.*kl=.*; lr=0\.0005\)"
     ) as e:
-        run_training(cfg)
+        advtrain.train(cfg)
     assert "last good checkpoint" in str(e.value)
     assert _step_files(tmp_path) == [1, 2, 3, 4, 5]  # nothing written for the failed step
     files = [*(tmp_path / "checkpoints").glob("step_*.pt"), tmp_path / "last.pt"]
@@ -219,10 +220,10 @@ def test_nonfinite_stop_keeps_last_good_checkpoint_untouched(
     last = load_checkpoint(tmp_path / "last.pt")  # loads and verifies its checksum
     assert last["step"] == 5 and all(torch.isfinite(v).all() for v in last["model"].values())
     monkeypatch.undo()
-    result = run_training(
+    result = advtrain.train(
         compose_plain(["+exp=smoke", *LIGHT, *extra, "resume=auto"], run_dir=tmp_path)
     )
-    assert result["step"] == 8
+    assert result.step == 8
 
 
 @pytest.mark.slow
@@ -237,11 +238,11 @@ def test_nonfinite_skip_counts_and_limits(
         "trainer.nonfinite=skip",
         "trainer.val_examples=0",
     ]
-    result = run_training(compose_plain(["+exp=smoke", *LIGHT, *extra], run_dir=tmp_path / "a"))
+    result = advtrain.train(compose_plain(["+exp=smoke", *LIGHT, *extra], run_dir=tmp_path / "a"))
     records = [r for r in read_metrics(tmp_path / "a") if not r.get("final")]
     assert [r["skipped_batches"] for r in records] == [1, 1]
     # 8 batches, 2 of them without an optimiser step; the skipped losses are not averaged in
-    assert [r["step"] for r in records] == [3, 6] and result["step"] == 6
+    assert [r["step"] for r in records] == [3, 6] and result.step == 6
     assert all(json.dumps(r).count("NaN") == 0 for r in records)
 
     monkeypatch.undo()
@@ -250,4 +251,4 @@ def test_nonfinite_skip_counts_and_limits(
         ["+exp=smoke", *LIGHT, *extra, "trainer.max_skipped_batches=1"], run_dir=tmp_path / "b"
     )
     with pytest.raises(NonFiniteLossError, match="max_skipped_batches=1"):
-        run_training(cfg)
+        advtrain.train(cfg)

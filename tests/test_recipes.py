@@ -5,7 +5,7 @@ the trainer logs in metrics.jsonl must equal a table written here from the offic
 (file and function cited next to each table), at the experiment's full epoch count. Runs are shrunk
 to a tiny model and one batch of 4 images per epoch:
 
-* every experiment goes through `run_training` -> `Trainer.fit` -> `MetricsLogger` with the training
+* every experiment goes through `advtrain.train` -> `Trainer.fit` -> `MetricsLogger` with the training
   step and the checkpoint write stubbed out (the schedule objects, callbacks and logging are the real
   ones), so 200-epoch schedules cost well under a second;
 * `cifar10_trades` (76 epochs) and `study_cifar10_gkl` also train for real, end to end.
@@ -28,9 +28,9 @@ import numpy as np
 import pytest
 from helpers import compose_plain, group_options
 
+import advtrain
 from advtrain.cli import CONFIG_DIR
 from advtrain.engine.build import build_optimization
-from advtrain.engine.run import run_training
 from advtrain.engine.trainer import Trainer
 from advtrain.utils.logging import read_metrics
 
@@ -193,7 +193,7 @@ RECIPES: dict[str, Recipe] = {
     "cifar10_gkl_autoaug": GKL,
     "cifar100_gkl_autoaug": GKL,
     "cifar10_ikl": GKL,  # DKLv1/Adv-training-dkl/train_dkl_cifar10.py: the same two functions
-    # No official training script (GKL_SPEC.md 6.12): the header's own recipe, per-iteration
+    # No official training script (docs/gkl.md §10, oddity 12): the header's own recipe, per-iteration
     # cosine from 0.2 over 400 epochs (logged: the first step of each epoch), the GKL ramp.
     "cifar10_gkl_synthetic": Recipe(
         400,
@@ -387,7 +387,7 @@ def test_logged_schedule_equals_the_official_table(
     recipe = RECIPES[exp]
     cfg = shrunk_config(exp, tmp_path / "run", stand_in_data)
     assert cfg["trainer"]["epochs"] == recipe.epochs
-    run_training(cfg)
+    advtrain.train(cfg)
     assert_schedule(read_metrics(tmp_path / "run"), recipe)
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["attack"]["eval_mode"] is recipe.eval_mode
@@ -446,8 +446,8 @@ def test_shrunk_real_run_logs_the_official_schedule(
 ) -> None:
     """Real training steps (tiny CNN, one batch per epoch) at the full epoch count."""
     recipe = RECIPES[exp]
-    result = run_training(shrunk_config(exp, tmp_path / "run", data_dir))
+    result = advtrain.train(shrunk_config(exp, tmp_path / "run", data_dir))
     records = read_metrics(tmp_path / "run")
     assert_schedule(records, recipe)
     assert all(math.isfinite(r["train_loss"]) for r in records if "train_loss" in r)
-    assert result["step"] == recipe.epochs  # one real optimiser step per epoch
+    assert result.step == recipe.epochs  # one real optimiser step per epoch

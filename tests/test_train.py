@@ -9,7 +9,7 @@ import pytest
 import torch
 from helpers import compose_plain
 
-from advtrain.engine.run import run_training
+import advtrain
 from advtrain.errors import CheckpointError, ConfigError, DataError, NonFiniteLossError
 from advtrain.utils.checkpoint import find_latest_valid, load_checkpoint
 from advtrain.utils.logging import read_metrics
@@ -24,13 +24,15 @@ def smoke(tmp: Path, data_dir: Path, *extra: str) -> dict:
 @pytest.mark.slow
 def test_smoke_run_end_to_end(tmp_path: Path, data_dir: Path) -> None:
     cfg = smoke(tmp_path, data_dir)
-    result = run_training(cfg)
+    result = advtrain.train(cfg)
     records = [r for r in read_metrics(tmp_path) if not r.get("final")]
     assert [r["epoch"] for r in records] == [1, 2]
     for r in records:
         assert 0.0 <= r["val_pgd_acc"] <= r["val_clean_acc"] + 0.05 <= 1.05
         assert r["train_loss"] > 0 and r["train_images_per_s"] > 0
-    assert 0.0 <= result["test_pgd5_acc"] <= 1.0 and result["test_examples"] == 128
+    assert 0.0 <= result.metrics["test_pgd5_acc"] <= 1.0 and result.metrics["test_examples"] == 128
+    assert result.test_robust_acc == result.metrics["test_pgd5_acc"]
+    assert (result.epochs, result.step, result.last_checkpoint) == (2, 8, tmp_path / "last.pt")
     ckpt = load_checkpoint(tmp_path / "last.pt")  # weights_only=True + checksum inside
     assert ckpt["epoch"] == 3 and ckpt["step"] == 8  # 256 images / 64 per batch * 2 epochs
     assert ckpt["config"]["model"]["name"] == "small_cnn"
@@ -54,11 +56,11 @@ def test_resume_from_mid_run_checkpoint_is_bit_identical(tmp_path: Path, data_di
         "trainer.awp_warmup_epochs=2",
     )
     full = tmp_path / "full"
-    run_training(smoke(full, data_dir, *extra))
+    advtrain.train(smoke(full, data_dir, *extra))
     mid = full / "checkpoints" / "step_000000003.pt"
     assert mid.exists()
     resumed = tmp_path / "resumed"
-    run_training(smoke(resumed, data_dir, *extra, f"resume={mid}"))
+    advtrain.train(smoke(resumed, data_dir, *extra, f"resume={mid}"))
     a, b = load_checkpoint(full / "last.pt"), load_checkpoint(resumed / "last.pt")
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
@@ -74,7 +76,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path, data_dir:
     cfg = smoke(tmp_path, data_dir, "trainer.epochs=3", "trainer.checkpoint_every_steps=2")
     cfg["optim"]["lr"] = 1e12  # diverges within a few steps
     with pytest.raises(NonFiniteLossError, match=r"non-finite loss .* lr="):
-        run_training(cfg)
+        advtrain.train(cfg)
     good = find_latest_valid(tmp_path / "checkpoints")
     if good is not None:  # whatever was written before the blow-up still loads and verifies
         load_checkpoint(good)
@@ -85,28 +87,28 @@ def test_missing_dataset_says_where_and_how(tmp_path: Path) -> None:
         ["+exp=smoke", f"data.root={tmp_path / 'nowhere'}"], run_dir=tmp_path / "run"
     )
     with pytest.raises(DataError, match="cifar10_train.npz"):
-        run_training(cfg)
+        advtrain.train(cfg)
 
 
 def test_resume_with_changed_model_is_refused(tmp_path: Path, data_dir: Path) -> None:
     first = tmp_path / "a"
-    run_training(smoke(first, data_dir, "trainer.epochs=1", "trainer.test_examples=0"))
+    advtrain.train(smoke(first, data_dir, "trainer.epochs=1", "trainer.test_examples=0"))
     cfg = smoke(tmp_path / "b", data_dir, "model.width=16", f"resume={first / 'last.pt'}")
     with pytest.raises(CheckpointError, match="model config changed"):
-        run_training(cfg)
+        advtrain.train(cfg)
 
 
 def test_unknown_top_level_and_trainer_keys(tmp_path: Path, data_dir: Path) -> None:
     with pytest.raises(ConfigError, match="epochz"):
-        run_training(smoke(tmp_path, data_dir, "+trainer.epochz=3"))
+        advtrain.train(smoke(tmp_path, data_dir, "+trainer.epochz=3"))
     with pytest.raises(ConfigError, match="lrr"):
-        run_training(smoke(tmp_path, data_dir, "+lrr=3"))
+        advtrain.train(smoke(tmp_path, data_dir, "+lrr=3"))
 
 
 def test_corrupt_checkpoint_is_detected_and_auto_resume_skips_it(
     tmp_path: Path, data_dir: Path
 ) -> None:
-    run_training(
+    advtrain.train(
         smoke(
             tmp_path,
             data_dir,

@@ -54,25 +54,11 @@ def _guard(fn: Callable[[dict[str, Any]], Any]) -> Callable[[DictConfig], Any]:
     return task
 
 
-def _train(cfg: dict[str, Any]) -> dict[str, Any]:
-    from advtrain.engine.run import run_training
-    from advtrain.utils.distributed import current
-
-    result = run_training(cfg)
-    if not current().is_main:
-        return result
-    summary = " | ".join(
-        f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
-        for k, v in result.items()
-        if k.startswith("test_") or k.startswith("val_")
-    )
-    print(f"[advtrain] finished {cfg['name']} in {cfg['run_dir']}: {summary}")
-    return result
-
-
 def _entry(command: str) -> tuple[str, Callable[[dict[str, Any]], Any]]:
     if command == "train":
-        return "train", _train
+        from advtrain.cli.train import run_train
+
+        return "train", run_train
     if command == "eval":
         from advtrain.cli.eval import run_eval
 

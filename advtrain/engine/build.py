@@ -7,18 +7,30 @@ unknown key is a ConfigError naming the group and the key instead of being silen
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from advtrain.engine.fastpath import FastPaths, resolve_fast_paths
+from advtrain.engine.hooks import Callback
+from advtrain.engine.trainer import EvalSet, Trainer
 from advtrain.errors import ConfigError
+from advtrain.losses.base import RobustLoss
 
 # Re-exported while engine/, bench/ and the tests switch to their homes (issue #13): device resolution lives in
 # utils/distributed.py, building a model from a config in models/loading.py.
 from advtrain.models.loading import model_from_config as build_model  # noqa: F401
-from advtrain.utils.distributed import resolve_device  # noqa: F401
+from advtrain.utils.distributed import (
+    DistEnv,
+    resolve_device,  # noqa: F401
+)
+from advtrain.utils.logging import MetricsLogger
+
+log = logging.getLogger(__name__)
 
 TOP_LEVEL_KEYS = {
     "data",
@@ -299,12 +311,12 @@ def build_attack(cfg: dict[str, Any]) -> tuple[Any, Any]:
     return attack, schedule
 
 
-def build_callbacks(cfg: dict[str, Any], model: nn.Module, schedule: Any) -> list[Any]:
+def build_callbacks(cfg: dict[str, Any], model: nn.Module, schedule: Any) -> list[Callback]:
     """Callbacks in hook order: attack budget, AWP (restores weights first), EMA, epoch average."""
     from advtrain.engine.callbacks import AWP, AttackSchedule, EpochWeightAverage, ModelEMA
 
     t = cfg["trainer"]
-    cbs: list[Any] = [AttackSchedule(schedule)]
+    cbs: list[Callback] = [AttackSchedule(schedule)]
     if t.get("awp_gamma"):  # AWP averages its proxy gradient over ranks itself (see AWP)
         cbs.append(
             AWP(model, t["awp_gamma"], t.get("awp_warmup_epochs", 10), lr=cfg["optim"]["lr"])
@@ -348,3 +360,75 @@ def build_optimization(
         per_iteration=o["per_iteration"],
     )
     return optimizer, lr_schedule, settings
+
+
+def assemble_trainer(
+    cfg: dict[str, Any],
+    *,
+    model: nn.Module,
+    loss: RobustLoss,
+    attack: Any,
+    schedule: Any,
+    device: torch.device,
+    steps_per_epoch: int,
+    run_dir: Path,
+    env: DistEnv | None = None,
+    train_loader: Any = None,
+    val_set: EvalSet | None = None,
+    test_set: EvalSet | None = None,
+    logger: MetricsLogger | None = None,
+    fast: FastPaths | None = None,
+) -> Trainer:
+    """The one assembly of a `Trainer` from built parts: `advtrain.train` and the benchmarks both
+    call it, so the step a benchmark times is the step a run trains with.
+
+    Resolves the fast paths of `cfg['trainer']` (memory format, autocast, compile) for `device`,
+    moves model and loss there, converts BatchNorm to SyncBatchNorm and wraps the model in DDP
+    when `env` has several processes, and builds optimiser, LR schedule, settings and callbacks
+    (the callbacks copy the model as placed, so their averages match its layout). A benchmark
+    leaves out the loader, the evaluation sets and the logger: `train_step` does not use them.
+    `fast` is the already resolved fast-path choice (`advtrain.train` resolves it before loading
+    data, so a bad `trainer.channels_last` fails early); by default it is resolved here.
+    """
+    env = env or DistEnv()
+    t = cfg["trainer"]
+    fast = fast or resolve_fast_paths(t, device)
+    fmt = torch.channels_last if fast.channels_last else torch.contiguous_format
+    model = model.to(device, memory_format=fmt)
+    if t.get("sync_bn") and env.is_distributed:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    loss = loss.to(device)
+    optimizer, lr_schedule, settings = build_optimization(cfg, model, steps_per_epoch)
+    callbacks = build_callbacks(cfg, model, schedule)
+    compiled = torch.compile(model) if fast.compile else None
+    ddp = None
+    if env.is_distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # Buffers (BatchNorm statistics) are re-broadcast from rank 0 at every forward (DDP's default).
+        ddp = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    return Trainer(
+        model=model,
+        loss=loss,
+        attack=attack,
+        optimizer=optimizer,
+        lr_schedule=lr_schedule,
+        train_loader=train_loader,
+        val_set=val_set,
+        test_set=test_set,
+        callbacks=callbacks,
+        settings=settings,
+        run_dir=run_dir,
+        device=device,
+        config=cfg,
+        seed=int(cfg["seed"]),
+        logger=logger,
+        autocast_dtype=fast.autocast_dtype,
+        attack_autocast_dtype=fast.attack_autocast_dtype,
+        channels_last=fast.channels_last,
+        compiled_model=compiled,
+        ddp_model=ddp,
+        dist_env=env,
+    )

@@ -1,9 +1,8 @@
 """Training tricks as callbacks, so the loop itself has no method-specific branches.
 
-Hooks (all optional), in the order the trainer calls them:
-`on_epoch_start(trainer, epoch)` -> per batch: attack -> `before_update(trainer, batch)` -> forward/loss/backward/
-optimiser step -> `after_update(trainer, batch)` -> `on_epoch_end(trainer, epoch)` (before validation and the
-epoch checkpoint). Each callback's `state_dict()` goes into the checkpoint, so resume restores it exactly.
+The hooks and the order the trainer calls them in are defined in engine/hooks.py (`Callback`,
+`LoopState`); the callbacks here see the loop only through that protocol. Each callback's
+`state_dict()` goes into the checkpoint, so resume restores it exactly.
 """
 
 from __future__ import annotations
@@ -11,36 +10,18 @@ from __future__ import annotations
 import copy
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
+from advtrain.engine.hooks import Batch, Callback, LoopState
+from advtrain.errors import ConfigError
 from advtrain.utils.distributed import average_gradients
 
-if TYPE_CHECKING:
-    from advtrain.engine.trainer import Batch, Trainer
+__all__ = ["AWP", "AttackSchedule", "Callback", "EpochWeightAverage", "ModelEMA"]
 
 log = logging.getLogger(__name__)
-
-
-class Callback:
-    """Base class: every hook is a no-op."""
-
-    name: str = "callback"
-
-    def on_epoch_start(self, trainer: Trainer, epoch: int) -> None: ...
-
-    def before_update(self, trainer: Trainer, batch: Batch) -> None: ...
-
-    def after_update(self, trainer: Trainer, batch: Batch) -> None: ...
-
-    def on_epoch_end(self, trainer: Trainer, epoch: int) -> None: ...
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
 class AttackSchedule(Callback):
@@ -51,8 +32,12 @@ class AttackSchedule(Callback):
     def __init__(self, schedule: Any) -> None:
         self.schedule = schedule
 
-    def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
-        trainer.attack.set_budget(self.schedule(epoch, trainer.epochs))
+    def on_epoch_start(self, loop: LoopState, epoch: int) -> None:
+        loop.attack.set_budget(self.schedule(epoch, loop.epochs))
+
+    def on_epoch_resume(self, loop: LoopState, epoch: int) -> None:
+        # The budget is not in the checkpoint: it is a function of the epoch.
+        self.on_epoch_start(loop, epoch)
 
 
 class _Averaged(Callback):
@@ -76,6 +61,9 @@ class _Averaged(Callback):
                 v.lerp_(s.to(v.dtype), 1.0 - keep)
         self.initialised = True
 
+    def averaged_model(self) -> nn.Module | None:
+        return self.module if self.initialised else None
+
     def state_dict(self) -> dict[str, Any]:
         return {"state": self.module.state_dict(), "initialised": self.initialised}
 
@@ -96,15 +84,13 @@ class ModelEMA(_Averaged):
     def __init__(self, model: nn.Module, decay: float, start_epoch: int = 1) -> None:
         super().__init__(model)
         if not 0.0 < decay < 1.0:
-            from advtrain.errors import ConfigError
-
             raise ConfigError(f"trainer.ema_decay must be in (0, 1), got {decay}")
         self.decay = decay
         self.start_epoch = start_epoch
 
-    def after_update(self, trainer: Trainer, batch: Batch) -> None:
-        keep = self.decay if trainer.epoch >= self.start_epoch else 0.0
-        self._blend(trainer.unwrapped_model, keep)
+    def after_update(self, loop: LoopState, batch: Batch) -> None:
+        keep = self.decay if loop.epoch >= self.start_epoch else 0.0
+        self._blend(loop.unwrapped_model, keep)
 
 
 class EpochWeightAverage(_Averaged):
@@ -119,13 +105,11 @@ class EpochWeightAverage(_Averaged):
     def __init__(self, model: nn.Module, tau: float) -> None:
         super().__init__(model)
         if not 0.0 < tau < 1.0:
-            from advtrain.errors import ConfigError
-
             raise ConfigError(f"trainer.weight_average_tau must be in (0, 1), got {tau}")
         self.tau = tau
 
-    def on_epoch_end(self, trainer: Trainer, epoch: int) -> None:
-        self._blend(trainer.unwrapped_model, self.tau)
+    def on_epoch_end(self, loop: LoopState, epoch: int) -> None:
+        self._blend(loop.unwrapped_model, self.tau)
 
 
 @dataclass
@@ -152,8 +136,6 @@ class AWP(Callback):
         self, model: nn.Module, gamma: float, warmup_epochs: int = 10, lr: float = 0.01
     ) -> None:
         if gamma <= 0:
-            from advtrain.errors import ConfigError
-
             raise ConfigError(f"trainer.awp_gamma must be > 0, got {gamma}")
         self.gamma = gamma
         self.warmup_epochs = warmup_epochs
@@ -164,19 +146,19 @@ class AWP(Callback):
     def _names(self, model: nn.Module) -> list[str]:
         return [n for n, p in model.named_parameters() if p.dim() > 1 and "weight" in n]
 
-    def before_update(self, trainer: Trainer, batch: Batch) -> None:
-        if trainer.epoch < self.warmup_epochs:
+    def before_update(self, loop: LoopState, batch: Batch) -> None:
+        if loop.epoch < self.warmup_epochs:
             return
-        model = trainer.unwrapped_model
+        model = loop.unwrapped_model
         self.proxy.load_state_dict(model.state_dict())
         self.proxy.train()
         # The trainer's precision policy: adversarial forward in the attack's precision (fp32 by
         # default), natural forward under trainer.autocast.
-        with trainer.attack_autocast():
+        with loop.attack_autocast():
             logits_adv = self.proxy(batch.x_adv)
-        with trainer.autocast():
-            logits_nat = self.proxy(batch.x) if trainer.loss.needs_natural else None
-        out = trainer.loss(
+        with loop.autocast():
+            logits_nat = self.proxy(batch.x) if loop.loss.needs_natural else None
+        out = loop.loss(
             logits_adv.float(),
             None if logits_nat is None else logits_nat.float(),
             batch.y,
@@ -201,7 +183,15 @@ class AWP(Callback):
                 diffs.append(diff)
         self._applied = _AWPDiff(params, diffs)
 
-    def after_update(self, trainer: Trainer, batch: Batch) -> None:
+    def after_update(self, loop: LoopState, batch: Batch) -> None:
+        self._restore()
+
+    def on_skipped_update(self, loop: LoopState, batch: Batch) -> None:
+        # No step was taken, but the weights still carry this batch's perturbation.
+        self._restore()
+
+    def _restore(self) -> None:
+        """Remove the perturbation applied in `before_update` (if any)."""
         if self._applied is None:
             return
         with torch.no_grad():

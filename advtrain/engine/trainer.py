@@ -1,8 +1,9 @@
 """The training loop: attack -> (callbacks) -> forward -> loss -> backward -> clip -> step -> (callbacks).
 
-Everything method-specific lives in the loss (what to compute, what the attack maximises) and in callbacks
-(AWP, averaging, eps schedules); this file only orders the passes, guards against non-finite values, validates,
-logs and checkpoints.
+Everything method-specific lives in the loss (what to compute, what the attack maximises, its running
+state) and in callbacks (AWP, averaging, eps schedules); this file only orders the passes, guards against
+non-finite values, validates, logs and checkpoints. It reaches both only through their declared hooks
+(engine/hooks.py `Callback`, losses/base.py `RobustLoss`): it never asks which callback or loss it runs.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from advtrain.engine.callbacks import Callback
+from advtrain.engine.hooks import Batch, Callback
 from advtrain.engine.optim import LRSchedule, set_lr
-from advtrain.errors import CheckpointError, ConfigError, NonFiniteLossError
+from advtrain.errors import ConfigError, NonFiniteLossError
 from advtrain.eval.evaluate import clean_correct, pgd_correct
+from advtrain.losses.base import RobustLoss
 from advtrain.utils import distributed as dist_utils
 from advtrain.utils.checkpoint import save_checkpoint, strip_prefixes
 from advtrain.utils.distributed import DistEnv
@@ -30,15 +32,6 @@ from advtrain.utils.logging import MetricsLogger
 from advtrain.utils.seed import rng_state, set_rng_state
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Batch:
-    """One training batch as the callbacks see it."""
-
-    x: torch.Tensor
-    y: torch.Tensor
-    x_adv: torch.Tensor | None = None
 
 
 @dataclass
@@ -102,7 +95,7 @@ class Trainer:
         self,
         *,
         model: nn.Module,
-        loss: nn.Module,
+        loss: RobustLoss,
         attack: Any,
         optimizer: torch.optim.Optimizer,
         lr_schedule: LRSchedule,
@@ -194,14 +187,19 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, enabled=False)
 
+    def _averaged_model(self) -> nn.Module | None:
+        """The last callback's weight average (an epoch average listed after the EMA wins), if any."""
+        for cb in reversed(self.callbacks):
+            module = cb.averaged_model()
+            if module is not None:
+                return module
+        return None
+
     @property
     def eval_model(self) -> nn.Module:
         """The weights we select and report: the epoch average if any, else the EMA, else the raw model."""
-        for cb in reversed(self.callbacks):
-            module = getattr(cb, "module", None)
-            if module is not None and getattr(cb, "initialised", False):
-                return module
-        return self.unwrapped_model
+        averaged = self._averaged_model()
+        return self.unwrapped_model if averaged is None else averaged
 
     def _to_device(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = x.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
@@ -252,9 +250,8 @@ class Trainer:
                 finite = False
         if not finite:
             self.optimizer.zero_grad(set_to_none=True)
-            for cb in self.callbacks:  # undo AWP's perturbation even though we do not step
-                if cb.name == "awp":
-                    cb.after_update(self, batch)
+            for cb in self.callbacks:  # e.g. AWP removes its weight perturbation
+                cb.on_skipped_update(self, batch)
             self._handle_nonfinite(out, lr)
             return None
         self.loss.update_state(logits_adv.detach(), _detach(logits_nat), y)
@@ -401,6 +398,17 @@ class Trainer:
             f"test_pgd{self.settings.test_pgd_steps}_acc": robust.float().mean().item(),
         }
 
+    def begin_epoch(self) -> None:
+        """Start `self.epoch`: fresh epoch metrics, then the callbacks' and the loss's epoch-start hooks.
+
+        `fit` calls it before an epoch's first batch; a caller driving `train_step` itself (the
+        benchmarks) calls it once so the step runs with the epoch's attack budget and loss state.
+        """
+        self._stats = _EpochStats()
+        for cb in self.callbacks:
+            cb.on_epoch_start(self, self.epoch)
+        self.loss.on_epoch_start(self.epoch)
+
     def _replicated_state(self) -> list[torch.Tensor]:
         """Tensors that must be bit-identical on every rank: parameters and the loss's state (GKL's W)."""
         return [*self.unwrapped_model.parameters(), *self.loss.state_dict().values()]
@@ -416,10 +424,7 @@ class Trainer:
             # A fresh epoch (not a mid-epoch resume).
             if self.loader.state_dict()["batch_index"] == 0:
                 self.loader.set_epoch(self.epoch)
-                self._stats = _EpochStats()
-                for cb in self.callbacks:
-                    cb.on_epoch_start(self, self.epoch)
-                self.loss.on_epoch_start(self.epoch)
+                self.begin_epoch()
             # The epoch's schedule as the run applies it: the lr of its first step and the attack budget.
             record = {
                 "epoch": self.epoch,
@@ -475,9 +480,9 @@ class Trainer:
             return {k: v.detach().cpu() for k, v in sd.items()}
 
         averaged = {
-            cb.name: cpu(dict(cb.module.named_buffers()))
+            cb.name: cpu(dict(module.named_buffers()))
             for cb in self.callbacks
-            if getattr(cb, "module", None) is not None
+            if (module := cb.averaged_model()) is not None
         }
         s = self._stats
         return {
@@ -499,14 +504,8 @@ class Trainer:
         each rank's own RNG/loss/buffer state (a collective: every rank must call this together)."""
         import advtrain
 
-        ema = next(
-            (
-                cb.module.state_dict()
-                for cb in reversed(self.callbacks)
-                if getattr(cb, "module", None) is not None and getattr(cb, "initialised", False)
-            ),
-            None,
-        )
+        averaged = self._averaged_model()
+        ema = None if averaged is None else averaged.state_dict()
         payload = {
             "model": strip_prefixes(self.unwrapped_model.state_dict()),
             "ema": None if ema is None else strip_prefixes(ema),
@@ -563,15 +562,14 @@ class Trainer:
             )
             # Rank 0's partial sums would be counted twice when summed over ranks.
             if self.dist.rank > 0:
-                self._reset_running_loss_state()
+                self.loss.reset_running_state()
                 self._stats = _EpochStats(seconds=self._stats.seconds)
         elif per_rank is not None:
             self._load_rank_state(per_rank[self.dist.rank])
-        # Mid-epoch: re-apply this epoch's attack budget.
+        # Mid-epoch: what the epoch-start hooks set up that the checkpoint does not hold (the budget).
         if self.loader.state_dict()["batch_index"] > 0:
             for cb in self.callbacks:
-                if cb.name == "attack_schedule":
-                    cb.on_epoch_start(self, self.epoch)
+                cb.on_epoch_resume(self, self.epoch)
 
     def _load_rank_state(self, st: dict[str, Any]) -> None:
         set_rng_state(st["rng"])
@@ -579,20 +577,13 @@ class Trainer:
         self.loss.load_state_dict(st["loss"])
         _copy_buffers(self.unwrapped_model, st["buffers"])
         for cb in self.callbacks:
-            if getattr(cb, "module", None) is not None and cb.name in st["averaged_buffers"]:
-                _copy_buffers(cb.module, st["averaged_buffers"][cb.name])
+            module = cb.averaged_model()
+            if module is not None and cb.name in st["averaged_buffers"]:
+                _copy_buffers(module, st["averaged_buffers"][cb.name])
         e = st["epoch_stats"]
         self._stats = _EpochStats(
             dict(e["sums"]), e["count"], e["examples"], e["skipped"], e["seconds"]
         )
-
-    def _reset_running_loss_state(self) -> None:
-        """Zero the loss's per-epoch running sums (GKL's accumulator and counts), keeping its published state."""
-        tracker = getattr(self.loss, "tracker", None)
-        for name in ("accumulator", "counts"):
-            buf = getattr(tracker, name, None)
-            if isinstance(buf, torch.Tensor):
-                buf.zero_()
 
     def save(self) -> Path | None:
         """Write a rolling checkpoint and point `last.pt` at it; only the main process writes.
@@ -656,28 +647,3 @@ def _fmt(record: dict[str, Any]) -> str:
         "train_images_per_s",
     )
     return " ".join(f"{k}={record[k]:.4g}" for k in keys if k in record)
-
-
-def check_resume_compatible(ckpt_cfg: dict[str, Any], cfg: dict[str, Any]) -> None:
-    """Refuse to resume when the model, dataset or loss changed (weights would not fit or mean something else).
-
-    Other settings (epochs, lr, attack, checkpointing) may change on resume: extending a run is legitimate.
-    """
-    fix = "resume with the checkpoint's settings, or train in a new run directory without resume"
-    if ckpt_cfg.get("model") != cfg.get("model"):
-        raise CheckpointError(
-            f"cannot resume: the model config changed (checkpoint: {ckpt_cfg.get('model')}, now: {cfg.get('model')}); "
-            + fix
-        )
-    old_data, new_data = (
-        (ckpt_cfg.get("data") or {}).get("name"),
-        (cfg.get("data") or {}).get("name"),
-    )
-    if old_data != new_data:
-        raise CheckpointError(f"cannot resume: dataset changed ({old_data} -> {new_data}); " + fix)
-    old_loss, new_loss = (
-        (ckpt_cfg.get("loss") or {}).get("name"),
-        (cfg.get("loss") or {}).get("name"),
-    )
-    if old_loss != new_loss:
-        raise CheckpointError(f"cannot resume: the loss changed ({old_loss} -> {new_loss}); " + fix)

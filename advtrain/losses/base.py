@@ -67,6 +67,13 @@ class RobustLoss(nn.Module):
     ) -> None:
         """Record a training batch in the running state (GKL's class-weight sums). Default: none."""
 
+    def reset_running_state(self) -> None:  # noqa: B027 - an optional hook, no-op by default
+        """Forget what :meth:`update_state` recorded in the epoch in progress; keep the state already
+        published (GKL's class matrix). The trainer calls it when partial sums restored from a
+        checkpoint would otherwise be counted twice (a rank > 0 resuming a checkpoint written by a
+        different number of processes). Default: nothing to forget.
+        """
+
     def attack_objective(self) -> Objective:
         """The per-sample value the training attack maximises."""
         raise NotImplementedError

@@ -1,6 +1,6 @@
 """GKL / IKL: the decoupled KL losses of Cui et al. (DKL, arXiv 2305.13948; GKL, arXiv 2503.08038).
 
-Background (``GKL_SPEC.md`` §1.1). KL(p_t || p_s) has the same gradients as
+Background (docs/gkl.md §2). KL(p_t || p_s) has the same gradients as
 
     ¼ Σ_jk sg(p_t,j p_t,k) (Δt_jk - sg(Δs_jk))²  -  Σ_j sg(p_t,j) log p_s,j
     (weighted MSE of pairwise logit differences)   (soft-label cross-entropy)
@@ -13,7 +13,7 @@ trains the adversarial branch: "breaking the asymmetry"), and GKL raises the wei
 
 Argument order: everywhere in this module it is ``(adversarial/student, natural/teacher)``, i.e.
 the order of the official DKLv2 code. DKLv1 (IKL) took ``(natural, adversarial)``; mixing the two up
-silently swaps which side gets the soft-CE target (spec §6.14).
+silently swaps which side gets the soft-CE target (docs/gkl.md §10, oddity 14).
 
 Implementation: the official code builds (B, C, C) tensors of pairwise differences (5·10⁸ elements
 for ImageNet KD). We use the exact O(B·C) identity, with d = t - s and S = Σ_j v_j::
@@ -227,7 +227,7 @@ def gkl_kd_loss(
 
 class ClassWeightTracker(nn.Module):
     """The class matrix W of GKL/IKL: row c = mean of softmax(logits_nat / T) over the class-c
-    training samples of the previous epoch (spec §3). Epoch 1 uses the uniform 1/C.
+    training samples of the previous epoch (docs/gkl.md §7). Epoch 1 uses the uniform 1/C.
 
     Buffers (all saved by ``state_dict()``): ``weights`` W (C, C) in use this epoch,
     ``accumulator`` A (C, C) summed softmax rows of the running epoch, ``counts`` (C,) samples per
@@ -298,9 +298,14 @@ class ClassWeightTracker(nn.Module):
         row_sums = self.accumulator.sum(dim=1, keepdim=True)
         fresh = self.accumulator / torch.where(seen, row_sums, torch.ones_like(row_sums))
         self.weights.copy_(torch.where(seen, fresh.to(self.weights.dtype), self.weights))
+        self.reset_running()
+        return self.weights
+
+    @torch.no_grad()
+    def reset_running(self) -> None:
+        """Zero the running epoch's sums A and counts; the published W stays."""
         self.accumulator.zero_()
         self.counts.zero_()
-        return self.weights
 
     @torch.no_grad()
     def all_reduce_(self, group: dist.ProcessGroup | None = None) -> None:
@@ -359,7 +364,7 @@ class GKLLoss(RobustLoss):
     β 0, i.e. pure soft-CE; CIFAR-100: β 1), per sample, natural side constant.
 
     ``update_state=False`` (AWP proxy, validation) leaves the tracker untouched. Note: the official
-    AWP step in two-view mode uses one GKL over all 2B rows without ``aug_weight`` (spec §6.8);
+    AWP step in two-view mode uses one GKL over all 2B rows without ``aug_weight`` (docs/gkl.md §10, oddity 8);
     this forward always splits the views.
     """
 
@@ -524,6 +529,10 @@ class GKLLoss(RobustLoss):
         """Sum the tracker over ranks (if distributed) and publish this epoch's class matrix."""
         self.tracker.all_reduce_()
         self.tracker.end_epoch()
+
+    def reset_running_state(self) -> None:
+        """Drop the tracker's partial sums of the running epoch (W, the published matrix, stays)."""
+        self.tracker.reset_running()
 
     def extra_repr(self) -> str:
         return (
