@@ -64,18 +64,43 @@ def test_cfg_job_prints_the_official_gkl_setting() -> None:
         assert line in r.stdout, line
 
 
+def _one_error_line(r: subprocess.CompletedProcess) -> str:
+    """The run failed with exit code 1 and exactly one `error:` line on stderr, no traceback."""
+    assert r.returncode == 1, r.stderr[-2000:]
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert "Traceback" not in r.stderr and len(lines) == 1, r.stderr[-2000:]
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
 def test_unknown_override_key_is_one_clear_line(tmp_path: Path) -> None:
+    """Hydra's own message suggests `+trainer.epochz=3`; ours names the valid keys instead."""
     r = advtrain(
         "train", "+exp=smoke", "trainer.epochz=3", env={"ADVTRAIN_RUNS_DIR": str(tmp_path)}
     )
-    assert r.returncode != 0
-    assert "epochz" in r.stderr and "Traceback" not in r.stderr
+    line = _one_error_line(r)
+    assert "unknown key(s) ['epochz'] in the 'trainer' config; valid keys: [" in line
+    assert "'epochs'" in line and "+trainer" not in line
 
 
 def test_unknown_group_option_is_one_clear_line(tmp_path: Path) -> None:
     r = advtrain("train", "model=resnet1000", env={"ADVTRAIN_RUNS_DIR": str(tmp_path)})
-    assert r.returncode != 0
-    assert "resnet1000" in r.stderr and "Traceback" not in r.stderr
+    line = _one_error_line(r)
+    assert "model=resnet1000 is not an option; choose one of:" in line
+    assert "small_cnn" in line and "wrn34_10" in line
+
+
+def test_wrong_value_type_is_one_clear_line(tmp_path: Path) -> None:
+    r = advtrain(
+        "train",
+        "+exp=smoke",
+        "seed=abc",
+        f"data.root={tmp_path / 'none'}",
+        env={"ADVTRAIN_RUNS_DIR": str(tmp_path)},
+    )
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert errors == ["error: seed='abc' must be an integer"]
 
 
 def test_pixel_eps_is_one_line_with_hint(tmp_path: Path, data_dir: Path) -> None:

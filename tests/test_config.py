@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import ast
 import math
 
 import pytest
 import torch
 from helpers import compose_plain, group_options
 
+from advtrain.attacks import PGDAttack
+from advtrain.config import (
+    check_group,
+    register_schemas,
+    validate_bench,
+    validate_config,
+    validate_eval,
+    validate_export,
+)
 from advtrain.engine.build import build_attack, build_callbacks, build_loss, build_model
 from advtrain.engine.optim import LRSchedule, build_optimizer
 from advtrain.errors import ConfigError
+from advtrain.losses import LOSSES, RobustLoss
 
 SMALL = ["model=small_cnn", "model.width=4"]
 
@@ -93,16 +104,75 @@ def test_every_logger_option_composes(option: str) -> None:
 
 
 @pytest.mark.parametrize("exp", group_options("exp"))
-def test_every_experiment_composes_and_instantiates(exp: str) -> None:
-    cfg = compose_plain([f"+exp={exp}"])
+def test_every_experiment_composes_checks_and_instantiates(exp: str) -> None:
+    aux = (
+        ["data.aux_path=/data/aux.npz"] if exp == "cifar10_gkl_synthetic" else []
+    )  # `???` in the file
+    cfg = compose_plain([f"+exp={exp}", *aux])
+    checked = validate_config(
+        cfg
+    )  # every key of every group the experiment touches is in the schema
+    assert checked == cfg  # and checking changes no value
     with torch.device("meta"):
         model = build_model(cfg)
     loss = build_loss(cfg)
     attack, schedule = build_attack(cfg)
     build_callbacks(cfg, model, schedule)
-    assert cfg["trainer"]["epochs"] >= 1 and loss is not None and attack is not None
+    assert isinstance(loss, RobustLoss) and isinstance(attack, PGDAttack)
+    assert type(loss) is LOSSES[cfg["loss"]["name"]]
+    assert attack.norm == cfg["attack"]["norm"] and attack.eps == pytest.approx(
+        cfg["attack"]["eps"]
+    )
     if cfg["attack"]["norm"] == "Linf":
-        assert cfg["attack"]["eps"] <= 1.0
+        assert cfg["attack"]["eps"] <= 0.3
+
+
+@pytest.mark.parametrize("name", ["train", "eval", "export", "bench"])
+def test_every_command_config_passes_its_schema(name: str) -> None:
+    validate = {
+        "train": validate_config,
+        "eval": validate_eval,
+        "export": validate_export,
+        "bench": validate_bench,
+    }[name]
+    # out_dir is ${hydra:runtime.output_dir}, which only a running app resolves
+    overrides = {"train": ["+exp=smoke"], "export": ["out_dir=/tmp/advtrain-test-run"]}
+    cfg = compose_plain(overrides.get(name, []), config_name=name)
+    checked = validate(cfg)
+    assert set(cfg) <= set(checked)
+    assert all(checked[k] == v for k, v in cfg.items() if k != "eval"), name  # eval: eps parsed
+
+
+@pytest.mark.parametrize("preset", group_options("eval"))
+def test_every_eval_preset_passes_its_schema(preset: str) -> None:
+    cfg = validate_eval(_eval_config([f"eval={preset}"]))
+    assert cfg["eval"]["norm"] in ("Linf", "L2", "L1") and isinstance(cfg["eval"]["eps"], float)
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['stepz'\] in the 'eval' config"):
+        validate_eval(_eval_config([f"eval={preset}", "+eval.stepz=1"]))
+
+
+def _eval_config(overrides: list[str]) -> dict:
+    cfg = compose_plain(overrides, config_name="eval")
+    return {**cfg, "run_dir": "/tmp/advtrain-test-run"}
+
+
+@pytest.mark.parametrize("option", group_options("model"))
+def test_model_keys_come_from_the_architecture(option: str) -> None:
+    """One home for a model's keys: its constructor (what the registry builds), nothing hand-kept."""
+    from advtrain.models import model_kwargs
+
+    with pytest.raises(ConfigError) as err:
+        check_group("model", {"name": option, "no_such_key": 1})
+    listed = ast.literal_eval(str(err.value).split("valid keys: ")[1])
+    assert sorted(listed) == sorted(["name", "normalize", *model_kwargs(option)])
+
+
+def test_schemas_are_in_hydras_config_store() -> None:
+    from hydra.core.config_store import ConfigStore
+
+    register_schemas()
+    stored = ConfigStore.instance().list("schema")
+    assert {"train.yaml", "eval.yaml", "export.yaml", "bench.yaml", "trainer.yaml"} <= set(stored)
 
 
 def test_trades_experiment_is_the_official_script() -> None:
