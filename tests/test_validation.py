@@ -1,8 +1,8 @@
 """User mistakes: each one fails with one clear ConfigError / DataError / CheckpointError that says how to fix it.
 
 Config and checkpoint mistakes must fail before any data is loaded: those tests point `data.root` at an empty folder,
-so reaching the data loader would raise a DataError instead of the expected error. docs/common_mistakes.md lists
-every case.
+so reaching the data loader would raise a DataError instead of the expected error. The README's "Common mistakes"
+section lists every case.
 """
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ import pytest
 import torch
 from helpers import compose_plain
 
+import advtrain
+from advtrain.config import parse_train_config, validate_config, validate_eval
 from advtrain.data import TrainLoader
-from advtrain.engine.build import build_attack, validate_config
+from advtrain.engine.build import build_attack
 from advtrain.engine.optim import LRSchedule, build_optimizer
-from advtrain.engine.run import run_training
 from advtrain.engine.trainer import Trainer, TrainerSettings
 from advtrain.errors import CheckpointError, ConfigError, DataError
 from advtrain.models import build_model
@@ -75,6 +76,31 @@ def early(tmp_path: Path, *overrides: str) -> dict[str, Any]:
         (["distributed.timeout_minutes=0"], r"timeout_minutes=0 must be a number > 0"),
         (["data.name=cifar11"], r"unknown dataset 'cifar11'"),
         (["device=tpu"], r"device='tpu' is not a device"),
+        # types: a one-line error instead of a traceback or a silently truncated value
+        (["seed=abc"], r"^seed='abc' must be an integer$"),
+        (["seed=1.5"], r"^seed=1.5 must be an integer$"),
+        (["optim.lr=abc"], r"^optim.lr='abc' must be a number$"),
+        (["model.width=abc"], r"^model.width='abc' must be an integer$"),
+        (["trainer.progress=maybe"], r"^trainer.progress='maybe' must be true or false$"),
+        (["attack.eps=abc"], r"attack.eps='abc' is not a number; write e.g. 8/255 or 0.5"),
+        # per-option groups: the keys come from the constructor the option names
+        (
+            ["+loss.betta=3"],
+            r"unknown key\(s\) \['betta'\] in the 'loss' config; valid keys: \['beta', 'name'\]",
+        ),
+        (
+            ["+model.depthh=3"],
+            r"unknown key\(s\) \['depthh'\] in the 'model' config; valid keys: \[.*'width'",
+        ),
+        (["+attack.stepz=3"], r"unknown key\(s\) \['stepz'\] in the 'attack' config"),
+        (["data.pad_mode=mirror"], r"data.pad_mode='mirror': use zeros or reflect"),
+        (
+            ["attack.schedule=cosine"],
+            r"attack.schedule='cosine': use constant, linear_ramp or phased",
+        ),
+        (["attack.norm=L1"], r"attack.norm='L1': use Linf or L2"),
+        (["logger.name=tensorboard"], r"logger='tensorboard': use jsonl or wandb"),
+        (["resume=' '"], r"resume=' ': use null, auto, or the path of a checkpoint"),
     ],
 )
 def test_config_mistakes_fail_before_loading_data(
@@ -83,7 +109,38 @@ def test_config_mistakes_fail_before_loading_data(
     if "sync_bn" in overrides[0] and torch.cuda.is_available():
         pytest.skip("sync_bn is valid with CUDA")
     with pytest.raises(ConfigError, match=pattern):
-        run_training(early(tmp_path, *overrides))
+        advtrain.train(early(tmp_path, *overrides))
+
+
+def test_budgets_may_be_written_as_plain_fractions(tmp_path: Path) -> None:
+    """`attack.eps=8/255` (no ${frac:}) reads as 8/255 wherever a budget is read; the checked config holds the
+    float, so config.json and checkpoints store numbers."""
+    plain = ["attack.eps=8/255", "attack.step_size=2/255"]
+    cfg = validate_config(early(tmp_path, *plain))
+    assert cfg["attack"]["eps"] == pytest.approx(8 / 255) and isinstance(
+        cfg["attack"]["eps"], float
+    )
+    assert cfg["attack"]["step_size"] == pytest.approx(2 / 255)
+    attack, schedule = build_attack(compose_plain(plain))
+    assert attack.eps == pytest.approx(8 / 255) and schedule(1, 10).step_size == pytest.approx(
+        2 / 255
+    )
+    ev = validate_eval(compose_plain(["eval=pgd20", "eval.eps=4/255"], config_name="eval"))
+    assert ev["eval"]["eps"] == pytest.approx(4 / 255)
+    with pytest.raises(ConfigError, match=r"eval.eps=8 looks like a pixel count; write 8/255"):
+        validate_eval(compose_plain(["eval=pgd20", "eval.eps=8"], config_name="eval"))
+
+
+def test_checked_config_keeps_the_keys_and_values_it_was_given(tmp_path: Path) -> None:
+    """Checking changes no key and no value (checkpoints store the checked config and resume compares it);
+    only types are normalised (a YAML 0 for a float key becomes 0.0)."""
+    given = early(tmp_path)
+    checked = validate_config(given)
+    assert checked.keys() == given.keys()
+    for group in ("data", "model", "attack", "loss", "optim", "trainer", "logger", "distributed"):
+        assert checked[group] == given[group], group
+    typed = parse_train_config(given)
+    assert typed.trainer.epochs == given["trainer"]["epochs"] and typed.data.name == "cifar10"
 
 
 def test_fgsm_rs_step_up_to_twice_eps_is_allowed() -> None:
@@ -114,7 +171,7 @@ def test_cuda_requested_on_a_cpu_machine(tmp_path: Path) -> None:
     with pytest.raises(
         ConfigError, match="device=cuda but no CUDA GPU is available here; use device=cpu"
     ):
-        run_training(early(tmp_path, "device=cuda"))
+        advtrain.train(early(tmp_path, "device=cuda"))
 
 
 def test_global_batch_must_divide_by_world_size(tmp_path: Path) -> None:
@@ -135,7 +192,7 @@ def test_wandb_requested_but_not_installed(tmp_path: Path, monkeypatch: pytest.M
         ConfigError,
         match=r"wandb package is not installed: `pip install wandb` or use logger=jsonl",
     ):
-        run_training(early(tmp_path, "logger=wandb"))
+        advtrain.train(early(tmp_path, "logger=wandb"))
 
 
 def test_run_directory_not_writable(tmp_path: Path) -> None:
@@ -144,7 +201,7 @@ def test_run_directory_not_writable(tmp_path: Path) -> None:
     blocker.write_text("not a directory")
     cfg = {**early(tmp_path), "run_dir": str(blocker / "run")}
     with pytest.raises(ConfigError, match=r"run directory .* is not writable .* run_dir=PATH"):
-        run_training(cfg)
+        advtrain.train(cfg)
 
 
 # ------------------------------------------------------------------------------------------------ data files
@@ -182,7 +239,7 @@ def test_bad_data_files(
     _write_cifar(tmp_path / "data", images, labels)
     cfg = compose_plain(["+exp=smoke", f"data.root={tmp_path / 'data'}"], run_dir=tmp_path / "run")
     with pytest.raises(DataError, match=pattern):
-        run_training(cfg)
+        advtrain.train(cfg)
 
 
 # ------------------------------------------------------------------------------------------------ checkpoints
@@ -209,7 +266,7 @@ def test_resume_from_an_incompatible_checkpoint(
     ckpt = _fake_checkpoint(tmp_path / "other.pt", other, torch.nn.Linear(2, 2))
     cfg = early(tmp_path, f"resume={ckpt}")
     with pytest.raises(CheckpointError, match=pattern):
-        run_training(cfg)
+        advtrain.train(cfg)
 
 
 def test_checkpoint_whose_weights_do_not_fit(tmp_path: Path) -> None:
@@ -221,13 +278,13 @@ def test_checkpoint_whose_weights_do_not_fit(tmp_path: Path) -> None:
         CheckpointError,
         match=r"shape mismatch .*checkpoint \(16, 3, 3, 3\) vs model \(8, 3, 3, 3\)",
     ):
-        run_training({**cfg, "resume": str(ckpt)})
+        advtrain.train({**cfg, "resume": str(ckpt)})
 
 
 def test_resume_path_that_does_not_exist(tmp_path: Path) -> None:
     cfg = early(tmp_path, f"resume={tmp_path / 'nope.pt'}")
     with pytest.raises(CheckpointError, match=r"no such checkpoint file \(use resume=auto"):
-        run_training(cfg)
+        advtrain.train(cfg)
 
 
 # ------------------------------------------------------------------------------------------------ model mode
