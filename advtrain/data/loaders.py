@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from advtrain.config.values import probability
 from advtrain.data.autoaugment import autoaugment_cifar10
 from advtrain.data.autoaugment import cutout as apply_cutout
 from advtrain.data.datasets import DatasetInfo, get_info, load_arrays
@@ -153,8 +154,7 @@ class TrainLoader:
         if pad_mode not in PAD_MODES:
             raise ConfigError(f"data.pad_mode={pad_mode!r}: use one of {', '.join(PAD_MODES)}")
         self.pad_mode = pad_mode
-        if not isinstance(aux_fraction, (int, float)) or not 0.0 <= aux_fraction < 1.0:
-            raise ConfigError(f"aux_fraction must be in [0, 1), got {aux_fraction!r}")
+        aux_fraction = probability("aux_fraction", aux_fraction, below_one=True)
         if aux_fraction > 0 and aux is None:
             raise ConfigError(
                 f"aux_fraction={aux_fraction} needs an auxiliary dataset; give its .npz path or "
