@@ -343,10 +343,10 @@ def _check_preset(out: dict[str, Any], path: str) -> None:
 
 @dataclass
 class CleanPreset:
-    """``eval.kind=clean``: clean accuracy only (norm and eps are recorded)."""
+    """``eval.kind=clean``: clean accuracy only (norm and eps are recorded). The other kinds extend it."""
 
     name: str = MISSING
-    kind: str = "clean"
+    kind: str = MISSING
     norm: str = spec(_eval_norm)
     eps: Any = spec(_budget)
 
@@ -354,13 +354,9 @@ class CleanPreset:
 
 
 @dataclass
-class PGDPreset:
+class PGDPreset(CleanPreset):
     """``eval.kind=pgd``: PGD / CW robust accuracy (``step_size`` null = eps / 4)."""
 
-    name: str = MISSING
-    kind: str = "pgd"
-    norm: str = spec(_eval_norm)
-    eps: Any = spec(_budget)
     steps: int = spec(V.count)
     step_size: Any = spec(_budget, default=None)
     restarts: int = spec(V.count)
@@ -376,19 +372,13 @@ class PGDPreset:
 
 
 @dataclass
-class AutoAttackPreset:
+class AutoAttackPreset(CleanPreset):
     """``eval.kind=autoattack``: AutoAttack (standard, plus, rand or a custom list) and optional PGD."""
 
-    name: str = MISSING
-    kind: str = "autoattack"
-    norm: str = spec(_eval_norm)
-    eps: Any = spec(_budget)
     version: str = MISSING
     attacks: list[str] | None = None
     n_restarts: int | None = spec(at_least_or_null(1), default=None)
     pgd_steps: int = spec(at_least(0))
-
-    check_together = staticmethod(_check_preset)
 
 
 PRESETS: dict[str, type] = {"clean": CleanPreset, "pgd": PGDPreset, "autoattack": AutoAttackPreset}
