@@ -137,13 +137,14 @@ def int_at_least(name: str, value: object, minimum: int, *, allow_none: bool = F
     """A config integer >= ``minimum`` (epochs, example counts); ``None`` only with ``allow_none``.
 
     Floats are refused even when integral: a config integer written as 2.5 or 1e3 is a typo, not a count.
+    NumPy integers are integers (an index read from an array).
     """
     if value is None and allow_none:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         extra = " or null" if allow_none else ""
         raise ConfigError(f"{name} must be an integer >= {minimum}{extra}, got {value!r}")
-    return value
+    return int(value)
 
 
 def probability(name: str, value: object, *, below_one: bool = False, hint: str = "") -> float:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from advtrain.config.values import probability
+from advtrain.config.values import int_at_least, probability
 from advtrain.data.autoaugment import autoaugment_cifar10
 from advtrain.data.autoaugment import cutout as apply_cutout
 from advtrain.data.datasets import DatasetInfo, get_info, load_arrays
@@ -56,9 +56,9 @@ def _generator(seed: int) -> torch.Generator:
 
 
 def _check_int(value: Any, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
+    result = int_at_least(name, value, minimum)  # the one integer check (advtrain/config/values.py)
+    assert result is not None
+    return result
 
 
 def _check_pair(images: torch.Tensor, labels: torch.Tensor, what: str) -> None:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from advtrain.config.values import int_at_least
 from advtrain.errors import ConfigError
 
 
 def positive_int(value: object, what: str) -> int:
-    """Return `value` if it is a positive int (bools rejected), else raise a ConfigError."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"model {what} must be a positive integer, got {value!r}")
-    return value
+    """Return `value` if it is a positive int (bools rejected), else raise a ConfigError naming `model.<what>`."""
+    result = int_at_least(
+        f"model.{what}", value, 1
+    )  # the one integer check (advtrain/config/values.py)
+    assert result is not None
+    return result
 
 
 def wrn_blocks_per_group(depth: object) -> int:
