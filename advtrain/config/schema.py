@@ -270,9 +270,7 @@ class DistributedConfig:
     """Multi-process training (torchrun / Slurm); the backend is checked where the process group starts."""
 
     backend: str = "auto"
-    timeout_minutes: float = spec(
-        lambda key, v: v if v > 0 else _raise(f"{key}={v:g} must be a number > 0"), default=30.0
-    )
+    timeout_minutes: float = spec(positive_number, default=30.0)
 
 
 def _raise(message: str) -> Any:

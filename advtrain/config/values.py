@@ -109,7 +109,7 @@ def positive(name: str, value: object, *, fractions: bool = False, hint: str = "
     """A finite number > 0 (learning rates, temperatures, timeouts)."""
     result = number(name, value, fractions=fractions)
     if result <= 0:
-        raise ConfigError(f"{name}={result:g} must be > 0{hint}")
+        raise ConfigError(f"{name}={result:g} must be a number > 0{hint}")
     return result
 
 

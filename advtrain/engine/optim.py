@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from advtrain.config.values import positive
 from advtrain.errors import ConfigError
 
 SCHEDULES = ("constant", "multistep", "cosine", "cosine_official")
@@ -29,8 +30,7 @@ def build_optimizer(
     """SGD with momentum and weight decay on every parameter (as the TRADES/GKL reference scripts)."""
     if name != "sgd":
         raise ConfigError(f"optim.name={name!r} is not supported; use optim=sgd")
-    if lr <= 0:
-        raise ConfigError(f"optim.lr must be > 0, got {lr}")
+    lr = positive("optim.lr", lr)  # the one check of a positive number (advtrain/config/values.py)
     if nesterov and momentum <= 0:
         raise ConfigError("optim.nesterov=true needs optim.momentum > 0")
     return torch.optim.SGD(

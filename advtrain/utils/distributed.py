@@ -24,6 +24,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from advtrain.config.values import positive
 from advtrain.errors import ConfigError
 from advtrain.utils.hashing import tensors_sha256
 
@@ -180,8 +181,7 @@ def init_distributed(
         torch.cuda.set_device(device)
     if dist.is_initialized():
         return current(), device, False
-    if timeout_minutes <= 0:
-        raise ConfigError(f"distributed.timeout_minutes must be > 0, got {timeout_minutes}")
+    timeout_minutes = positive("distributed.timeout_minutes", timeout_minutes)
     name = backend_for(device, backend)
     dist.init_process_group(
         backend=name, timeout=datetime.timedelta(minutes=float(timeout_minutes))
