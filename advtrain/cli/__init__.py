@@ -42,17 +42,25 @@ def _fail(message: str, *, to_log: bool = True) -> NoReturn:
     sys.exit(1)
 
 
-def _guard(fn: Callable[[dict[str, Any]], Any], started: list[bool]) -> Callable[[DictConfig], Any]:
+def _guard(
+    fn: Callable[[dict[str, Any]], Any], raised: list[BaseException]
+) -> Callable[[DictConfig], Any]:
+    """The Hydra task: a user mistake -> one line; any other exception is noted in `raised` (so `run`
+    keeps its traceback, even in a sweep whose later jobs are still composed after it) and re-raised."""
+
     def task(cfg: DictConfig) -> Any:
-        started.append(True)
         try:
-            plain = to_plain(cfg)
-        except OmegaConfBaseException as e:  # e.g. ${frac:abc}: a value that does not resolve
-            _fail(_one_line(e))
-        try:
-            return fn(plain)
-        except AdvtrainError as e:
-            _fail(str(e))
+            try:
+                plain = to_plain(cfg)
+            except OmegaConfBaseException as e:  # e.g. ${frac:abc}: a value that does not resolve
+                _fail(_one_line(e))
+            try:
+                return fn(plain)
+            except AdvtrainError as e:
+                _fail(str(e))
+        except Exception as e:
+            raised.append(e)
+            raise
 
     return task
 
@@ -128,9 +136,9 @@ def run(command: str, overrides: list[str]) -> int:
 
     register_resolvers()
     config_name, fn = _entry(command)
-    started: list[bool] = []
+    raised: list[BaseException] = []
     main = hydra.main(config_path=str(CONFIG_DIR), config_name=config_name, version_base="1.3")(
-        _guard(fn, started)
+        _guard(fn, raised)
     )
     old_argv, old_full_error = sys.argv, os.environ.get("HYDRA_FULL_ERROR")
     sys.argv = [f"advtrain {command}", *overrides]
@@ -141,9 +149,9 @@ def run(command: str, overrides: list[str]) -> int:
         try:
             main()
         except (HydraException, OmegaConfBaseException) as e:
-            if (
-                started
-            ):  # raised by the command itself, not by composing its config: keep the traceback
+            if any(
+                e is r for r in raised
+            ):  # the command's own failure, not its config's: keep the traceback
                 raise
             _fail(_one_line(e), to_log=False)
     except SystemExit as e:
