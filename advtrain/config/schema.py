@@ -633,10 +633,10 @@ def _schema_from_signature(
 def option_schema(group_name: str, option: str) -> type:
     """The schema of one option of a per-option group (cached: it is derived once per process)."""
     if group_name == "model":
-        from advtrain.models.registry import _lookup, model_kwargs
+        from advtrain.models.registry import model_class, model_kwargs
 
         keys = model_kwargs(option)  # an unknown model name fails here, naming the valid ones
-        cls, _ = _lookup(option)
+        cls = model_class(option)
         head = [("name", str), ("normalize", bool)]
         return _schema_from_signature(f"{cls.__name__}Options", cls.__init__, keys, head)
     if group_name == "loss":

@@ -61,6 +61,11 @@ def model_kwargs(name: str) -> tuple[str, ...]:
     )
 
 
+def model_class(name: str) -> type[nn.Module]:
+    """The architecture class behind `name` (its constructor's annotations type the `model` config)."""
+    return _lookup(name)[0]
+
+
 def _lookup(name: str) -> tuple[type[nn.Module], Mapping[str, Any]]:
     if name not in _REGISTRY:
         raise ConfigError(
