@@ -108,10 +108,7 @@ def positive_number(key: str, value: Any) -> float:
 
 
 def non_negative(key: str, value: Any) -> float:
-    result = V.number(key, value)
-    if result < 0:
-        raise ConfigError(f"{key}={result:g} must be >= 0")
-    return result
+    return V.non_negative(key, value)
 
 
 def share(key: str, value: Any) -> float:
@@ -185,12 +182,17 @@ class OptimConfig:
     nesterov: bool = MISSING
     weight_decay: float = spec(non_negative)
     schedule: str = MISSING
-    milestones: list[Any] = spec(
-        lambda key, v: [V.number(f"{key}[{i}]", m) for i, m in enumerate(v)]
-    )
+    milestones: list[Any] = spec(lambda key, v: _numbers(key, v))
     decay: float = spec(positive_number)
     warmup_epochs: float = spec(non_negative)
     per_iteration: bool = MISSING
+
+
+def _numbers(key: str, value: list[Any]) -> list[Any]:
+    """Each element a number; kept as written (an epoch 75 stays an int, a fraction 0.75 a float)."""
+    for i, item in enumerate(value):
+        V.number(f"{key}[{i}]", item)
+    return value
 
 
 def _grad_clip(key: str, value: Any) -> float:
@@ -220,11 +222,10 @@ class TrainerConfig:
     nonfinite: str = spec(one_of("stop", "skip"))
     max_skipped_batches: int = spec(at_least(0))
     deterministic: bool = MISSING
-    channels_last: Any = (
-        MISSING  # auto | true | false: checked with the fast paths (engine/fastpath.py)
-    )
-    autocast: Any = MISSING  # auto | bf16 | false: idem
-    autocast_attack: Any = MISSING  # false | bf16: idem
+    # auto | true | false, auto | bf16 | false, false | bf16: checked with the fast paths (engine/fastpath.py)
+    channels_last: Any = MISSING
+    autocast: Any = MISSING
+    autocast_attack: Any = MISSING
     compile: bool = MISSING
     sync_bn: bool = MISSING
     progress: bool = MISSING
@@ -273,8 +274,10 @@ class DistributedConfig:
     timeout_minutes: float = spec(positive_number, default=30.0)
 
 
-def _raise(message: str) -> Any:
-    raise ConfigError(message)
+def _resume(key: str, value: str) -> str:
+    if not value.strip():
+        raise ConfigError(f"{key}={value!r}: use null, auto, or the path of a checkpoint")
+    return value
 
 
 @dataclass
@@ -312,12 +315,7 @@ class TrainConfig:
     name: str = MISSING
     seed: int = MISSING
     device: str = "auto"
-    resume: str | None = spec(
-        lambda key, v: (
-            v if v.strip() else _raise(f"{key}={v!r}: use null, auto, or the path of a checkpoint")
-        ),
-        default=None,
-    )
+    resume: str | None = spec(_resume, default=None)
     run_dir: str = MISSING
     distributed: DistributedConfig = group(DistributedConfig, default="schema")
 

@@ -30,6 +30,7 @@ __all__ = [
     "choice",
     "count",
     "int_at_least",
+    "non_negative",
     "number",
     "parse_fraction",
     "positive",
@@ -110,6 +111,14 @@ def positive(name: str, value: object, *, fractions: bool = False, hint: str = "
     result = number(name, value, fractions=fractions)
     if result <= 0:
         raise ConfigError(f"{name}={result:g} must be a number > 0{hint}")
+    return result
+
+
+def non_negative(name: str, value: object) -> float:
+    """A finite number >= 0 (weight decay, momentum, tolerances)."""
+    result = number(name, value)
+    if result < 0:
+        raise ConfigError(f"{name}={result:g} must be >= 0")
     return result
 
 
