@@ -222,11 +222,12 @@ class TrainerConfig:
     nonfinite: str = spec(one_of("stop", "skip"))
     max_skipped_batches: int = spec(at_least(0))
     deterministic: bool = MISSING
-    # auto | true | false, auto | bf16 | false, false | bf16: checked with the fast paths (engine/fastpath.py)
+    # auto | true | false (channels_last, compile), auto | bf16 | false (autocast), false | bf16
+    # (autocast_attack): checked where the fast paths are resolved (engine/fastpath.py)
     channels_last: Any = MISSING
     autocast: Any = MISSING
     autocast_attack: Any = MISSING
-    compile: bool = MISSING
+    compile: Any = MISSING
     sync_bn: bool = MISSING
     progress: bool = MISSING
     log_every_steps: int = spec(at_least(0))
