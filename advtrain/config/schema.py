@@ -459,7 +459,7 @@ class BenchConfig:
     bench: dict[str, Any] = MISSING
     out_dir: str = "results/bench"
     device: str = "cpu"
-    threads: int | None = spec(at_least_or_null(1), default=None)
+    threads: int | None = None  # null or 0: all cores (run_bench checks the value)
     seed: int = 0
     data_root: str | None = None
     dry_run: bool = False
