@@ -1,8 +1,8 @@
 """User mistakes: each one fails with one clear ConfigError / DataError / CheckpointError that says how to fix it.
 
 Config and checkpoint mistakes must fail before any data is loaded: those tests point `data.root` at an empty folder,
-so reaching the data loader would raise a DataError instead of the expected error. The README's "Common mistakes"
-section lists every case.
+so reaching the data loader would raise a DataError instead of the expected error. docs/common_mistakes.md (and the
+README's "Common mistakes" section) lists every case.
 """
 
 from __future__ import annotations
