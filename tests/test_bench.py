@@ -564,9 +564,10 @@ def test_benchmark_json_structure(name: str, dry_run: tuple[Path, dict[str, Any]
             assert v["pairwise_run"] and v["value_rel_diff"] < 1e-5
             assert _finite_positive(v["speedup"]) and v["bcc_tensor_bytes"] == 4 * 8 * v["C"] ** 2
     elif name == "eval":
-        if "skipped" not in r:
-            assert r["same_per_example_result"] is True
-            assert _finite_positive(r["timing"]["ratio"]) and r["n_examples"] >= 1
+        # pyautoattack is a dependency: the benchmark must run, not report itself skipped
+        assert "skipped" not in r, r.get("skipped")
+        assert r["same_per_example_result"] is True
+        assert _finite_positive(r["timing"]["ratio"]) and r["n_examples"] >= 1
     elif name == "scaling":
         assert [e["batch_size"] for e in r["batch_sweep"]] == [4, 8]
         assert [e["model"] for e in r["model_sweep"]] == [

@@ -30,6 +30,7 @@ def test_smoke_run_end_to_end(tmp_path: Path, data_dir: Path) -> None:
     for r in records:
         assert 0.0 <= r["val_pgd_acc"] <= r["val_clean_acc"] + 0.05 <= 1.05
         assert r["train_loss"] > 0 and r["train_images_per_s"] > 0
+    assert isinstance(result, advtrain.TrainResult)
     assert 0.0 <= result.metrics["test_pgd5_acc"] <= 1.0 and result.metrics["test_examples"] == 128
     assert result.test_robust_acc == result.metrics["test_pgd5_acc"]
     assert (result.epochs, result.step, result.last_checkpoint) == (2, 8, tmp_path / "last.pt")
@@ -80,6 +81,17 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path, data_dir:
     good = find_latest_valid(tmp_path / "checkpoints")
     if good is not None:  # whatever was written before the blow-up still loads and verifies
         load_checkpoint(good)
+
+
+def test_train_takes_an_omegaconf_config_and_needs_a_run_directory(data_dir: Path) -> None:
+    """The library call: a composed OmegaConf config works like the plain dict, and without the
+    run directory Hydra would have set it says so instead of writing somewhere."""
+    from omegaconf import OmegaConf
+
+    cfg = compose_plain(["+exp=smoke", f"data.root={data_dir}"])
+    del cfg["run_dir"]
+    with pytest.raises(ConfigError, match="no run directory"):
+        advtrain.train(OmegaConf.create(cfg))
 
 
 def test_missing_dataset_says_where_and_how(tmp_path: Path) -> None:
