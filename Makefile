@@ -6,7 +6,7 @@ export ADVTRAIN_DATA_DIR ?= $(abspath ../shared/data)
 
 .PHONY: install demo test test-fast lint format bench clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade "pip>=23"
 	$(PY) -m pip install --quiet -e ".[dev]"
