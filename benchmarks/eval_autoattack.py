@@ -120,6 +120,7 @@ def _fixed_costs(
 def run(settings: dict[str, Any], ctx: BenchContext) -> BenchResult:
     s = check_settings(NAME, settings, DEFAULTS)
     from advtrain.eval.autoattack import run_autoattack
+
     pool = max(4096, 8 * int(s["n_examples"]))
     train_x, train_y, _ = bench_data(ctx.data_root, 128 * int(s["train_steps"]), seed=ctx.seed)
     images, labels, source = bench_data(ctx.data_root, pool, split="test", seed=ctx.seed + 1)

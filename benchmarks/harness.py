@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch import Tensor, nn
 
-from advtrain.cli import register_resolvers
+from advtrain.config import register_resolvers
 from advtrain.engine.build import assemble_trainer, build_attack, build_loss
 from advtrain.engine.trainer import Trainer
 from advtrain.errors import ConfigError

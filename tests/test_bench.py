@@ -397,7 +397,7 @@ def test_bare_step_does_the_same_math_as_the_trainer(loss: str) -> None:
 
 
 def _bench_yaml(name: str) -> dict[str, Any]:
-    from advtrain.cli import register_resolvers
+    from advtrain.config import register_resolvers
 
     register_resolvers()
     cfg = OmegaConf.to_container(
@@ -421,10 +421,11 @@ def test_each_bench_config_sets_exactly_its_benchmark_settings(name: str) -> Non
 def test_gpu_config_only_resizes_known_settings() -> None:
     from hydra import compose, initialize_config_dir
 
-    from advtrain.cli import CONFIG_DIR, register_resolvers
+    from advtrain.config import register_resolvers
+    from advtrain.resources import config_dir
 
     register_resolvers()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         cfg = compose(config_name="bench", overrides=["bench=gpu"])
     benches = OmegaConf.to_container(cfg.bench, resolve=True)
     assert isinstance(benches, dict) and sorted(benches) == sorted(BENCHMARKS)
