@@ -4,9 +4,11 @@ The library in three calls, usable from a notebook without Hydra (each takes pla
 config dict and returns a typed result):
 
     import advtrain
-    result = advtrain.train(cfg)            # -> advtrain.TrainResult
-    scores = advtrain.evaluate(...)         # -> advtrain.EvalResult
-    files = advtrain.export_model(...)      # -> advtrain.ExportResult
+    result = advtrain.train(cfg)                                        # -> advtrain.TrainResult
+    loaded = advtrain.load_model(advtrain.ModelSource(ckpt=result.last_checkpoint))
+    data = advtrain.EvalData.test_split(loaded.dataset, "data", n_examples=1000)
+    scores = advtrain.evaluate(loaded, data, advtrain.EvalSpec(kind="pgd"))  # -> advtrain.EvalResult
+    files = advtrain.export_model(...)                                  # -> advtrain.ExportResult
 
 (`export_model`, not `export`: `advtrain.export` is the subpackage, and importing it would rebind a
 function of that name.) The names are resolved lazily, so `import advtrain` stays cheap: it does not
@@ -30,18 +32,28 @@ _LAZY: dict[str, tuple[str, str]] = {
     "train": ("advtrain.engine.api", "train"),
     "TrainResult": ("advtrain.engine.api", "TrainResult"),
     "evaluate": ("advtrain.eval.api", "evaluate"),
+    "EvalData": ("advtrain.eval.api", "EvalData"),
+    "EvalSpec": ("advtrain.eval.api", "EvalSpec"),
     "EvalResult": ("advtrain.eval.api", "EvalResult"),
     "export_model": ("advtrain.export.api", "export"),
+    "ExportSpec": ("advtrain.export.api", "ExportSpec"),
     "ExportResult": ("advtrain.export.api", "ExportResult"),
+    "ModelSource": ("advtrain.models.loading", "ModelSource"),
+    "load_model": ("advtrain.models.loading", "load_model"),
 }
 
 __all__ = [
+    "EvalData",
     "EvalResult",
+    "EvalSpec",
     "ExportResult",
+    "ExportSpec",
+    "ModelSource",
     "TrainResult",
     "__version__",
     "evaluate",
     "export_model",
+    "load_model",
     "train",
 ]
 
@@ -49,9 +61,10 @@ install_autoattack_fallback()
 
 if TYPE_CHECKING:
     from advtrain.engine.api import TrainResult, train
-    from advtrain.eval.api import EvalResult, evaluate
-    from advtrain.export.api import ExportResult
+    from advtrain.eval.api import EvalData, EvalResult, EvalSpec, evaluate
+    from advtrain.export.api import ExportResult, ExportSpec
     from advtrain.export.api import export as export_model
+    from advtrain.models.loading import ModelSource, load_model
 
 
 def __getattr__(name: str) -> Any:

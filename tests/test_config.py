@@ -18,10 +18,11 @@ from advtrain.config import (
     validate_eval,
     validate_export,
 )
-from advtrain.engine.build import build_attack, build_callbacks, build_loss, build_model
+from advtrain.engine.build import build_attack, build_callbacks, build_loss
 from advtrain.engine.optim import LRSchedule, build_optimizer
 from advtrain.errors import ConfigError
 from advtrain.losses import LOSSES, RobustLoss
+from advtrain.models.loading import model_from_config as build_model
 
 SMALL = ["model=small_cnn", "model.width=4"]
 

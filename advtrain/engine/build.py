@@ -21,14 +21,7 @@ from advtrain.engine.hooks import Callback
 from advtrain.engine.trainer import EvalSet, Trainer
 from advtrain.errors import ConfigError
 from advtrain.losses.base import RobustLoss
-
-# Re-exported while engine/, bench/ and the tests switch to their homes (issue #13): device resolution lives in
-# utils/distributed.py, building a model from a config in models/loading.py.
-from advtrain.models.loading import model_from_config as build_model  # noqa: F401
-from advtrain.utils.distributed import (
-    DistEnv,
-    resolve_device,  # noqa: F401
-)
+from advtrain.utils.distributed import DistEnv
 from advtrain.utils.logging import MetricsLogger
 
 log = logging.getLogger(__name__)
