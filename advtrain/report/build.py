@@ -78,6 +78,9 @@ IGNORED_KEYS = (
 COLUMN_KEYS = ("name", "seed", "loss.name", "model.name", "data.name", "trainer.epochs")
 
 
+_OUR_FIGURE = re.compile(r"(s\d+_)?(curves|clean_vs_aa|per_class|attack_stages)\.png")
+
+
 class ReportError(AdvtrainError):
     """Nothing to report: none of the given paths holds a readable run."""
 
@@ -873,10 +876,8 @@ def write_report(
         raise ReportError(f"no training or evaluation run to report: {why}{more}")
     try:
         out.mkdir(parents=True, exist_ok=True)
-        for old in out.glob("*.png"):  # plots of an earlier report in this folder would linger
-            if old.name.endswith(
-                ("curves.png", "clean_vs_aa.png", "per_class.png", "attack_stages.png")
-            ):
+        for old in out.glob("*.png"):  # an earlier report's figures would linger; only ours go
+            if _OUR_FIGURE.fullmatch(old.name):
                 old.unlink()
     except OSError as e:
         raise ReportError(

@@ -43,6 +43,7 @@ __all__ = [
 
 RESULTS_FORMAT = "advtrain-eval-results"
 TRAIN_FILES = ("config.json", "metrics.jsonl", "final.json", "last.pt")
+SWEEP_FILES = {"multirun.yaml"}  # Hydra's record of a sweep, next to its job folders
 SKIP_DIRS = {".hydra", "checkpoints", "aa_state", "__pycache__", ".git", "wandb"}
 MAX_DEPTH = 4  # runs/multirun/<name>/<time>/<job>: a sweep folder is found from runs/
 _GLOB_CHARS = re.compile(r"[*?\[]")
@@ -545,12 +546,14 @@ def discover(paths: Iterable[str | Path]) -> tuple[list[Path], list[Path], list[
     for arg in paths:
         hits, probs = _expand(arg)
         problems += probs
+        from_glob = len(hits) > 1 or (hits and Path(str(arg)) != hits[0])
         for p in hits:
             if p.is_file():
                 kind = _kind(p.parent)
                 if kind in ("eval", "train"):
                     (evals if kind == "eval" else train)[p.parent.resolve()] = None
-                else:
+                elif not from_glob and p.name not in SWEEP_FILES:
+                    # a glob over a sweep folder also matches its multirun.yaml: not a mistake
                     problems.append(
                         Problem(
                             p,
@@ -623,6 +626,14 @@ def _aliases(run: TrainRun, path: Path) -> str:
     return " = ".join(top or names)
 
 
+def _size(path: Path) -> int | None:
+    """File size, or None: a file of another size cannot have the same hash (a free pre-filter)."""
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None
+
+
 def _inside(path: Path, root: Path) -> bool:
     try:
         path.resolve().relative_to(root.resolve())
@@ -637,7 +648,8 @@ def pair(
     """Attach each evaluation to the training run holding its checkpoint; returns the unpaired ones.
 
     The recorded path is tried first (one hash), then every checkpoint of every run (a moved or
-    copied run); each file is hashed at most once.
+    copied run) of the recorded file's size when that file still exists; each file is hashed at
+    most once, so a report over large checkpoints reads each of them once at most.
     """
     hasher = _Hasher()
     by_file: dict[Path, tuple[TrainRun, Path]] = {}
@@ -653,9 +665,22 @@ def pair(
             hit = by_file.get(Path(ev.checkpoint_path).resolve())
             if hit is not None and hasher(hit[1]) == sha:
                 match = hit
+        owner = next(
+            (r for r in train if ev.checkpoint_path and _inside(Path(ev.checkpoint_path), r.path)),
+            None,
+        )
         if sha and match is None:
+            # The recorded file's size narrows the search, unless that file was overwritten since
+            # (inside a given run): then an older step file may hold the evaluated weights.
+            rec = Path(ev.checkpoint_path) if ev.checkpoint_path and owner is None else None
+            size = _size(rec) if rec is not None else None
             match = next(
-                ((run, p) for run in train for p in run.checkpoints.values() if hasher(p) == sha),
+                (
+                    (run, p)
+                    for run in train
+                    for p in run.checkpoints.values()
+                    if (size is None or _size(p) == size) and hasher(p) == sha
+                ),
                 None,
             )
         if match is not None:
@@ -663,10 +688,6 @@ def pair(
             run.evaluated.append((_aliases(run, p), ev))
             continue
         unpaired.append(ev)
-        owner = next(
-            (r for r in train if ev.checkpoint_path and _inside(Path(ev.checkpoint_path), r.path)),
-            None,
-        )
         if owner is not None:
             problems.append(
                 Problem(
@@ -677,6 +698,12 @@ def pair(
                 )
             )
     return unpaired, problems
+
+
+def _ckpt_override(path: Path) -> str:
+    """`ckpt=PATH`, quoted when Hydra's override grammar would split it (sweep job folders have
+    '=' and ',' in their names)."""
+    return f"ckpt='{path}'" if re.search(r"[=,\s\[\]{}()'\"]", str(path)) else f"ckpt={path}"
 
 
 @dataclass
@@ -717,7 +744,8 @@ def load_runs(paths: Iterable[str | Path]) -> RunSet:
                     run.path,
                     "no evaluation of its checkpoints among the given paths (clean / PGD-20 / "
                     "AutoAttack columns stay empty): python -m advtrain eval "
-                    f"ckpt={run.path / 'last.pt'} eval=aa_standard, then pass the eval run too",
+                    f"{_ckpt_override(run.path / 'last.pt')} eval=aa_standard, then pass the eval "
+                    "run too",
                 )
             )
     return RunSet(train, unpaired, problems)
