@@ -1,0 +1,542 @@
+"""`python -m advtrain report` and the advtrain.report library.
+
+The slow tests make real tiny runs through the public CLI (a four-job smoke sweep, AutoAttack and
+PGD evaluations of some of its checkpoints, one at another eps) and check that the report's numbers
+are the run files' numbers, that every figure is a real PNG, that report.html needs no other file,
+and that each kind of bad input gives its message while the rest of the report is still written.
+The fast tests cover the pieces that need no training: discovery messages, the option parser and
+the Markdown -> HTML step.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from advtrain.errors import AdvtrainError
+from advtrain.report import ReportError, load_runs, markdown_to_html, write_report
+from advtrain.report.build import differing_keys
+from advtrain.report.runs import short_names
+
+REPO = Path(__file__).resolve().parents[1]
+PNG = b"\x89PNG\r\n\x1a\n"
+N_AA = 16  # test images of the AutoAttack evaluations
+N_PGD = 24  # test images of the PGD-20 evaluation (not N_AA: the columns must say which)
+
+
+def _cli(*args: str, runs_dir: Path, timeout: int = 600) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "ADVTRAIN_RUNS_DIR": str(runs_dir), "OMP_NUM_THREADS": "2"}
+    return subprocess.run(
+        [sys.executable, "-m", "advtrain", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def _ckpt(run: Path) -> str:
+    """The ckpt= override of a run's last.pt, quoted: a sweep job's path has '=' and ','."""
+    return f"ckpt='{run / 'last.pt'}'"
+
+
+def _ok(proc: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def tiny(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    """A real smoke sweep (seed 0/1 x loss.beta 6/3) and evaluations of three of its checkpoints.
+
+    beta 6: both seeds get AutoAttack (custom: APGD-CE + APGD-T, with PGD-20 on the same images);
+    beta 3 seed 0 gets PGD-20 only, and also a PGD-20 at eps 2/255 (another threat model);
+    beta 3 seed 1 is never evaluated.
+    """
+    root = tmp_path_factory.mktemp("report_runs")
+    _ok(
+        _cli(
+            "train",
+            "-m",
+            "+exp=smoke",
+            f"data.root={data_dir}",
+            "seed=0,1",
+            "loss.beta=6,3",
+            "data.train_subset=128",
+            "trainer.val_examples=64",
+            "trainer.test_examples=64",
+            runs_dir=root,
+        )
+    )
+    (sweep,) = list((root / "multirun" / "smoke").iterdir())
+    jobs = {}
+    for d in sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        cfg = json.loads((d / "config.json").read_text())
+        jobs[(cfg["loss"]["beta"], cfg["seed"])] = d
+    assert len(jobs) == 4, jobs
+    evals: dict[str, Path] = {}
+    common = [f"data.root={data_dir}", "progress=false"]
+    for seed in (0, 1):
+        evals[f"aa{seed}"] = root / "eval" / f"aa_beta6_seed{seed}"
+        _ok(
+            _cli(
+                "eval",
+                _ckpt(jobs[(6.0, seed)]),
+                "eval=aa_custom",
+                f"n_examples={N_AA}",
+                "batch_size=16",
+                "shard_size=16",
+                *common,
+                f"hydra.run.dir={evals[f'aa{seed}']}",
+                runs_dir=root,
+            )
+        )
+    evals["pgd"] = root / "eval" / "pgd_beta3_seed0"
+    evals["pgd_eps2"] = root / "eval" / "pgd_eps2_beta3_seed0"
+    for key, extra in (("pgd", []), ("pgd_eps2", ["eval.eps=2/255"])):
+        _ok(
+            _cli(
+                "eval",
+                _ckpt(jobs[(3.0, 0)]),
+                "eval=pgd20",
+                f"n_examples={N_PGD}",
+                *extra,
+                *common,
+                f"hydra.run.dir={evals[key]}",
+                runs_dir=root,
+            )
+        )
+    return {"root": root, "sweep": sweep, "jobs": jobs, "evals": evals}
+
+
+def _results(d: Path) -> dict:
+    return json.loads((d / "results.json").read_text())
+
+
+def _section(md: str, title: str) -> str:
+    """The text of the `## title` section (up to the next `## `)."""
+    start = md.index(f"\n## {title}\n")
+    end = md.find("\n## ", start + 1)
+    return md[start : end if end > 0 else None]
+
+
+def _table(text: str, heading: str) -> list[dict[str, str]]:
+    """The pipe table after `heading` as dicts (header -> cell), `\\|` unescaped."""
+    lines = text[text.index(heading) :].splitlines()
+    start = next(i for i, x in enumerate(lines) if x.startswith("|"))
+    rows = []
+    for x in lines[start:]:
+        if not x.startswith("|"):
+            break
+        rows.append([c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", x)[1:-1]])
+    header, body = rows[0], rows[2:]
+    return [dict(zip(header, r)) for r in body]
+
+
+def _acc(v: float, n: int, extra: str = "") -> str:
+    inside = f"{n}, {extra}" if extra else f"{n}"
+    return f"{100 * v:.2f} ({inside})"
+
+
+# ------------------------------------------------------------------------------------------------
+# real runs: numbers, figures, HTML, the command
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_report_numbers_equal_the_run_files(tiny: dict, tmp_path: Path) -> None:
+    jobs, evals = tiny["jobs"], tiny["evals"]
+    res = write_report([tiny["sweep"], tiny["root"] / "eval"], tmp_path / "rep")
+    assert res.n_train == 4 and res.n_eval == 4
+    assert res.sections == ["cifar10, Linf eps 2/255", "cifar10, Linf eps 8/255"]
+    md = res.markdown.read_text()
+    main = _section(md, "cifar10, Linf eps 8/255")
+    rows = _table(main, "### Runs")
+    names = short_names(list(jobs.values()))
+    by_name = {r["run"]: r for r in rows}
+    assert set(by_name) == {names[d] for d in jobs.values()}, by_name.keys()
+
+    for seed in (0, 1):
+        row = by_name[names[jobs[(6.0, seed)]]]
+        aa = _results(evals[f"aa{seed}"])
+        assert aa["n_examples"] == N_AA and aa["pgd"]["name"] == "PGD-20"
+        assert row["method"] == "trades" and row["model"] == "small_cnn"
+        assert row["data"] == "cifar10" and row["seed"] == str(seed) and row["epochs"] == "2"
+        assert row["clean % (images)"] == _acc(aa["clean_acc"], N_AA)
+        assert row["AutoAttack % (images)"] == _acc(aa["robust_acc"], N_AA, "custom")
+        # this run has no PGD evaluation: its PGD-20 is the AutoAttack run's, on the same images
+        assert row["PGD-20 % (images)"] == _acc(aa["pgd"]["acc"], N_AA)
+        assert row["checkpoint"].startswith("last.pt")
+        assert "loss.beta=6" in row["differing config"]
+        final = json.loads((jobs[(6.0, seed)] / "final.json").read_text())
+        assert row["train-end test % (images)"] == (
+            f"clean {100 * final['test_clean_acc']:.2f} / PGD-5 {100 * final['test_pgd5_acc']:.2f}"
+            f" ({final['test_examples']})"
+        )
+        records = [
+            json.loads(x)
+            for x in (jobs[(6.0, seed)] / "metrics.jsonl").read_text().splitlines()
+            if "lr" in json.loads(x)
+        ]
+        ips = sum(r["train_images_per_s"] * r["train_seconds"] for r in records) / sum(
+            r["train_seconds"] for r in records
+        )
+        assert row["train images/s"] == f"{ips:.0f}"
+
+    pgd = _results(evals["pgd"])
+    row = by_name[names[jobs[(3.0, 0)]]]
+    assert row["PGD-20 % (images)"] == _acc(pgd["robust_acc"], N_PGD)
+    assert row["clean % (images)"] == _acc(pgd["clean_acc"], N_PGD)
+    assert row["AutoAttack % (images)"] == "—"
+    row = by_name[names[jobs[(3.0, 1)]]]  # never evaluated: a row with its curves, no accuracies
+    assert row["clean % (images)"] == row["AutoAttack % (images)"] == "—"
+    assert row["train-end test % (images)"].startswith("clean ")
+
+    # groups: the two beta-6 seeds, mean (min-max) over seeds of the results.json numbers
+    groups = {g["group"]: g for g in _table(main, "### Groups")}
+    g6 = groups["loss.beta=6"]
+    assert g6["rows"] == "2" and g6["seeds"] == "0, 1"
+    vals = [_results(evals[f"aa{s}"])["robust_acc"] for s in (0, 1)]
+    assert g6["AutoAttack %"] == (
+        f"{100 * statistics.fmean(vals):.2f} ({100 * min(vals):.2f}–{100 * max(vals):.2f})"
+    )
+    assert groups["loss.beta=3"]["PGD-20 %"].startswith(f"{100 * pgd['robust_acc']:.2f} (")
+
+    # per class: the group means of results.json's per-class robust accuracy
+    per_class = _table(main, "### Per-class robust accuracy")
+    names_cls = _results(evals["aa0"])["per_class"]["names"]
+    assert [r["class"] for r in per_class] == names_cls
+    for i, r in enumerate(per_class):
+        v = [_results(evals[f"aa{s}"])["per_class"]["robust_acc"][i] for s in (0, 1)]
+        v = [x for x in v if x is not None]
+        assert r["loss.beta=6"] == (f"{100 * statistics.fmean(v):.2f}" if v else "—")
+
+    # AutoAttack stage by stage: clean, then each attack, as results.json has them
+    stages = _table(main, "### AutoAttack stage by stage")
+    assert len(stages) == 2
+    for r in stages:
+        seed = 0 if names[jobs[(6.0, 0)]] in r["evaluation"] else 1
+        aa = _results(evals[f"aa{seed}"])
+        assert r["clean"] == f"{100 * aa['clean_acc']:.2f}"
+        for attack, acc in aa["per_attack_robust_acc"].items():
+            assert r[f"after {attack}"] == f"{100 * acc:.2f}"
+
+    # the other threat model is its own section and never in the 8/255 one
+    other = _section(md, "cifar10, Linf eps 2/255")
+    eps2 = _results(evals["pgd_eps2"])
+    (row,) = _table(other, "### Runs")
+    assert row["run"] == names[jobs[(3.0, 0)]]
+    assert row["PGD-20 % (images)"] == _acc(eps2["robust_acc"], N_PGD)
+    assert evals["pgd_eps2"].name not in main and evals["pgd_eps2"].name in other
+
+    # the never-evaluated run is named as such
+    assert any(
+        p.path == jobs[(3.0, 1)].resolve() and "no evaluation" in p.message for p in res.problems
+    ), res.problems
+    assert "## Problems with the input" in md and "no evaluation of its checkpoints" in md
+
+
+class _Images(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.imgs: list[str] = []
+        self.external: list[tuple[str, str, str]] = []
+        self.tags: set[str] = set()
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.add(tag)
+        for k, v in attrs:
+            if k == "src" and tag == "img":
+                self.imgs.append(v or "")
+            elif k in ("src", "href") and v and not v.endswith(".md"):
+                self.external.append((tag, k, v))
+
+
+@pytest.mark.slow
+def test_every_figure_is_a_png_and_the_html_is_self_contained(tiny: dict, tmp_path: Path) -> None:
+    res = write_report([tiny["sweep"], tiny["root"] / "eval"], tmp_path / "rep")
+    md = res.markdown.read_text()
+    names = sorted(p.name for p in res.images)
+    # per section: curves, clean vs AutoAttack, per class, stages (8/255); curves, per class (2/255)
+    assert names == sorted(
+        [
+            "s1_curves.png",
+            "s1_per_class.png",
+            "s2_curves.png",
+            "s2_clean_vs_aa.png",
+            "s2_per_class.png",
+            "s2_attack_stages.png",
+        ]
+    ), names
+    for p in res.images:
+        data = p.read_bytes()
+        assert data[:8] == PNG and len(data) > 5000, p
+        assert f"]({p.name})" in md
+    assert sorted(x.name for x in res.out_dir.glob("*.png")) == names
+
+    html = res.html.read_text()
+    parser = _Images()
+    parser.feed(html)
+    assert parser.external == [] and not {"script", "link", "iframe"} & parser.tags
+    assert len(parser.imgs) == len(res.images)
+    embedded = sorted(base64.b64decode(s.split(",", 1)[1]) for s in parser.imgs)
+    assert all(s.startswith("data:image/png;base64,") for s in parser.imgs)
+    assert embedded == sorted(p.read_bytes() for p in res.images)
+    # the HTML is the Markdown: same tables, same numbers
+    assert (
+        html.count("<table>") == md.count("\n|---|") and "<h2>cifar10, Linf eps 8/255</h2>" in html
+    )
+    # moved elsewhere, it still shows everything (nothing is read from the report folder)
+    moved = tmp_path / "elsewhere.html"
+    shutil.copy(res.html, moved)
+    shutil.rmtree(res.out_dir)
+    assert moved.read_text() == html
+
+
+@pytest.mark.slow
+def test_command_line_globs_and_output(tiny: dict, tmp_path: Path) -> None:
+    out = tmp_path / "cmd"
+    # quoted globs, as a user types them when the shell does not expand them (or in a script)
+    proc = _ok(
+        _cli(
+            "report",
+            f"{tiny['sweep']}/*",
+            f"{tiny['root']}/eval/*",
+            f"out={out}",
+            "title=tiny sweep",
+            runs_dir=tmp_path,
+        )
+    )
+    assert proc.stdout.startswith(
+        "advtrain report | 4 training run(s), 4 evaluation(s) | 2 section"
+    )
+    assert f"report.html  {out / 'report.html'}" in proc.stdout
+    warnings = [x for x in proc.stderr.splitlines() if x.startswith("warning: ")]
+    assert len(warnings) == 1 and "no evaluation of its checkpoints" in warnings[0]
+    assert (out / "report.md").read_text().startswith("# tiny sweep\n")
+    # a mistake is one line and exit code 1, as in the other commands
+    bad = _cli("report", str(tiny["sweep"]), "outt=x", runs_dir=tmp_path)
+    assert bad.returncode == 1 and bad.stderr.strip().splitlines() == [
+        "error: unknown report option 'outt' (valid: out, title); a run path that contains '=' "
+        "must exist"
+    ]
+    none = _cli("report", str(tmp_path / "missing"), f"out={tmp_path / 'x'}", runs_dir=tmp_path)
+    assert none.returncode == 1 and none.stderr.startswith("error: no training or evaluation run")
+    assert "Traceback" not in bad.stderr + none.stderr
+
+
+@pytest.mark.slow
+def test_bad_inputs_give_messages_and_the_rest_is_written(tiny: dict, tmp_path: Path) -> None:
+    jobs, evals = tiny["jobs"], tiny["evals"]
+    good = jobs[(6.0, 0)]
+    work = tmp_path / "runs"
+    # an unfinished run: one epoch recorded, no final.json
+    unfinished = work / "unfinished"
+    shutil.copytree(good, unfinished)
+    (unfinished / "final.json").unlink()
+    lines = (unfinished / "metrics.jsonl").read_text().splitlines()
+    (unfinished / "metrics.jsonl").write_text(lines[0] + "\n")
+    # a corrupt metrics line between two good ones (a torn write, a disk error)
+    corrupt = work / "corrupt"
+    shutil.copytree(good, corrupt)
+    (corrupt / "metrics.jsonl").write_text(
+        lines[0] + "\n" + '{"epoch": 2, "lr": 0.0' + "\n" + lines[1] + "\n"
+    )
+    # an unreadable results.json and an unreadable config.json
+    broken_eval = work / "broken_eval"
+    shutil.copytree(evals["pgd"], broken_eval)
+    (broken_eval / "results.json").write_text('{"format": "advtrain-eval-results", "clean')
+    broken_cfg = work / "broken_cfg"
+    shutil.copytree(jobs[(3.0, 1)], broken_cfg)
+    (broken_cfg / "config.json").write_text("{")
+    # an empty directory, and a run that was started but recorded nothing
+    (work / "empty").mkdir()
+    started = work / "started"
+    (started / ".hydra").mkdir(parents=True)
+    (started / ".hydra" / "config.yaml").write_text("name: smoke\n")
+    # a stale evaluation: its checkpoint was overwritten by further training since
+    stale_run, stale_eval = work / "stale_run", work / "stale_eval"
+    shutil.copytree(jobs[(6.0, 1)], stale_run)
+    for p in stale_run.rglob("*.pt"):
+        p.write_bytes(p.read_bytes() + b"retrained")
+    shutil.copytree(evals["aa1"], stale_eval)
+    res_json = _results(stale_eval)
+    res_json["checkpoint"]["path"] = str(stale_run / "last.pt")
+    (stale_eval / "results.json").write_text(json.dumps(res_json))
+
+    bad = [
+        unfinished,
+        corrupt,
+        broken_eval,
+        broken_cfg,
+        work / "empty",
+        started,
+        stale_run,
+        stale_eval,
+        tmp_path / "no_such_dir",
+    ]
+    out = tmp_path / "rep"
+    proc = _ok(
+        _cli(
+            "report", str(good), str(evals["aa0"]), *map(str, bad), f"out={out}", runs_dir=tmp_path
+        )
+    )
+    md = (out / "report.md").read_text()
+    expected = {
+        unfinished: "unfinished training run: 1 of 2 epochs recorded and no final.json",
+        corrupt: "metrics.jsonl: 1 corrupt line(s) skipped (line 2)",
+        broken_eval: "results.json is not valid JSON",
+        broken_cfg: "config.json is not valid JSON",
+        work / "empty": "empty directory: no run in it",
+        started: "unfinished training run: started but nothing recorded yet",
+        stale_eval: "stale evaluation",
+        tmp_path / "no_such_dir": "no such file or directory",
+    }
+    for path, msg in expected.items():
+        assert f"warning: {path}: {msg}" in proc.stderr, (path, proc.stderr)
+        assert f"- `{path}`: {msg}" in md, (path, msg)
+    # ... and the rest is written: the good run with its AutoAttack numbers, the unfinished run's
+    # curve, the corrupt run's two good epochs
+    rows = {r["run"]: r for r in _table(md, "### Runs")}
+    aa = _results(evals["aa0"])
+    job = good.name.split("_")[0]  # Hydra's job number: the report names the folder "job N"
+    good_row = next(r for name, r in rows.items() if name.endswith(f"job {job}"))
+    assert good_row["AutoAttack % (images)"] == _acc(aa["robust_acc"], N_AA, "custom")
+    assert rows["runs/unfinished"]["epochs"] == "1/2 (unfinished)"
+    assert rows["runs/corrupt"]["epochs"] == "2"
+    assert rows["runs/stale_eval"]["AutoAttack % (images)"] == _acc(
+        res_json["robust_acc"], N_AA, "custom"
+    )
+    runs = load_runs([corrupt])
+    assert [e["epoch"] for e in runs.train[0].epochs] == [1, 2]
+    for png in out.glob("*.png"):
+        assert png.read_bytes()[:8] == PNG
+    assert (out / "report.html").stat().st_size > 10_000
+
+
+# ------------------------------------------------------------------------------------------------
+# fast: no training
+# ------------------------------------------------------------------------------------------------
+
+
+def test_nothing_to_report_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("x")
+    with pytest.raises(ReportError) as e:
+        write_report([tmp_path / "empty", tmp_path / "other", tmp_path / "nope*"], tmp_path / "o")
+    msg = str(e.value)
+    assert (
+        "empty directory" in msg
+        and "no training run" in msg
+        and "no file or directory matches" in msg
+    )
+    assert not (tmp_path / "o").exists()
+
+
+def test_option_parser() -> None:
+    from advtrain.cli.report import parse
+
+    assert parse(["a", "b", "out=x", "title=T"]) == (["a", "b"], {"out": "x", "title": "T"})
+    # a sweep job folder has '=' in its name: a path, not an option
+    assert parse(["runs/multirun/smoke/t/0_seed=1,loss.beta=6"])[0] == [
+        "runs/multirun/smoke/t/0_seed=1,loss.beta=6"
+    ]
+    for argv, text in (
+        ([], "needs at least one run"),
+        (["a", "out="], "out= needs a value"),
+        (["a", "--cfg"], "unknown flag '--cfg'"),
+        (["a", "seed=1"], "unknown report option 'seed'"),
+    ):
+        with pytest.raises(AdvtrainError, match=re.escape(text)):
+            parse(argv)
+
+
+def test_differing_keys_ignore_paths_and_devices() -> None:
+    a = {"seed": 0, "run_dir": "/a", "data": {"root": "/x", "name": "cifar10"}, "loss": {"beta": 6}}
+    b = {"seed": 1, "run_dir": "/b", "data": {"root": "/y", "name": "cifar10"}, "loss": {"beta": 3}}
+    assert differing_keys([a, b]) == ["loss.beta", "seed"]
+
+
+def test_short_names_are_unique_and_name_sweep_jobs() -> None:
+    paths = [
+        Path("/r/multirun/smoke/t1/0_seed=0"),
+        Path("/r/multirun/smoke/t1/1_seed=1"),
+        Path("/r/a/train"),
+        Path("/r/b/train"),
+    ]
+    assert list(short_names(paths).values()) == ["t1/job 0", "t1/job 1", "a/train", "b/train"]
+
+
+def test_markdown_to_html_subset(tmp_path: Path) -> None:
+    (tmp_path / "fig.png").write_bytes(PNG + b"0" * 10)
+    md = "\n".join(
+        [
+            "# Title",
+            "",
+            "Some **bold** text with `a | b` and",
+            "a second line.",
+            "",
+            "| a | b |",
+            "|---|---|",
+            "| `x \\| y` | 1<br>2 |",
+            "",
+            "- one <script>",
+            "- two",
+            "",
+            "![a figure](fig.png)",
+            "![gone](missing.png)",
+        ]
+    )
+    html = markdown_to_html(md, tmp_path, title="T")
+    assert "<h1>Title</h1>" in html
+    assert (
+        "<p>Some <strong>bold</strong> text with <code>a | b</code> and a second line.</p>" in html
+    )
+    assert "<td><code>x | y</code></td><td>1<br>2</td>" in html
+    assert "<li>one &lt;script&gt;</li>" in html and "<script>" not in html
+    b64 = base64.b64encode(PNG + b"0" * 10).decode()
+    assert f'<img src="data:image/png;base64,{b64}" alt="a figure">' in html
+    assert "[image missing.png not found]" in html
+
+
+def test_handmade_run_figures_and_foreign_files_are_kept(tmp_path: Path) -> None:
+    """A training run without evaluations: its curves and a row; the out folder's other files stay."""
+    run = tmp_path / "runs" / "mine"
+    run.mkdir(parents=True)
+    cfg = {"name": "x", "seed": 3, "data": {"name": "cifar10"}, "loss": {"name": "gkl"},
+           "model": {"name": "small_cnn"}, "attack": {"norm": "Linf", "eps": 8 / 255},
+           "trainer": {"epochs": 3}}  # fmt: skip
+    (run / "config.json").write_text(json.dumps(cfg))
+    recs = [
+        {"epoch": e, "lr": 0.1 / e, "eps": e * 8 / 765, "train_adv_acc": 0.1 * e, "train_loss": 2.0,
+         "train_ce": 1.5, "train_wmse": "nan", "train_seconds": 2.0, "train_images_per_s": 100.0 * e,
+         "val_clean_acc": 0.2 * e, "val_pgd_acc": 0.1 * e}
+        for e in (1, 2)
+    ]  # fmt: skip
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "my_curves.png").write_bytes(b"mine")
+    (out / "curves.png").write_bytes(b"an earlier report's")
+    res = write_report([run], out)
+    assert (out / "my_curves.png").read_bytes() == b"mine"
+    assert [p.name for p in res.images] == ["curves.png"]
+    assert (out / "curves.png").read_bytes()[:8] == PNG
+    (row,) = _table(res.markdown.read_text(), "### Runs")
+    assert (row["method"], row["seed"], row["epochs"]) == ("gkl", "3", "2/3 (unfinished)")
+    assert row["train images/s"] == "150" and row["train time"] == "4s"
+    messages = sorted(p.message.split(":")[0] for p in res.problems)
+    assert messages == ["no evaluation of its checkpoints among the given paths (clean / PGD-20 / "
+                        "AutoAttack columns stay empty)", "unfinished training run"]  # fmt: skip
