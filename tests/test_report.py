@@ -540,3 +540,121 @@ def test_handmade_run_figures_and_foreign_files_are_kept(tmp_path: Path) -> None
     messages = sorted(p.message.split(":")[0] for p in res.problems)
     assert messages == ["no evaluation of its checkpoints among the given paths (clean / PGD-20 / "
                         "AutoAttack columns stay empty)", "unfinished training run"]  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------
+# fast: hand-made run directories in the formats train/eval write
+# ------------------------------------------------------------------------------------------------
+
+
+def _made_train(
+    root: Path, name: str, *, loss: str = "trades", data: str = "cifar10", seed: int = 0
+) -> Path:
+    """A finished training run as `train` writes it (config.json, metrics.jsonl, final.json,
+    last.pt); last.pt's bytes are unique to the run, so evaluations pair with it by SHA-256."""
+    run = root / name
+    run.mkdir(parents=True)
+    cfg = {"name": name, "seed": seed, "data": {"name": data}, "loss": {"name": loss},
+           "model": {"name": "small_cnn"}, "attack": {"norm": "Linf", "eps": 8 / 255},
+           "trainer": {"epochs": 2}}  # fmt: skip
+    (run / "config.json").write_text(json.dumps(cfg))
+    recs = [{"epoch": e, "lr": 0.1, "eps": 8 / 255, "train_adv_acc": 0.1 * e, "train_loss": 2.0,
+             "train_seconds": 1.0, "train_images_per_s": 100.0, "val_clean_acc": 0.2 * e,
+             "val_pgd_acc": 0.1 * e} for e in (1, 2)]  # fmt: skip
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    (run / "final.json").write_text(json.dumps({"test_clean_acc": 0.5, "test_examples": 64}))
+    (run / "last.pt").write_bytes(f"weights of {name}".encode())
+    return run
+
+
+def _made_eval(
+    root: Path,
+    name: str,
+    run: Path,
+    *,
+    kind: str,
+    n: int,
+    clean: float,
+    robust: float,
+    pgd: float | None = None,
+    per_attack: dict[str, float] | None = None,
+    data: str = "cifar10",
+    **extra: object,
+) -> Path:
+    """An evaluation run's results.json (the fields the report reads) for `run`'s last.pt."""
+    import hashlib
+
+    ev = root / name
+    ev.mkdir(parents=True)
+    ckpt = run / "last.pt"
+    res = {
+        "format": "advtrain-eval-results",
+        "preset": {"autoattack": "aa_standard", "pgd": "pgd20"}[kind],
+        "kind": kind,
+        "dataset": data,
+        "n_examples": n,
+        "test_set_size": 10000,
+        "norm": "Linf",
+        "eps": 8 / 255,
+        "version": "standard" if kind == "autoattack" else None,
+        "clean_acc": clean,
+        "robust_acc": robust,
+        "robust_metric": None if kind == "autoattack" else "PGD-20",
+        "per_attack_robust_acc": per_attack,
+        "pgd": None if pgd is None else {"name": "PGD-20", "acc": pgd},
+        "per_class": {"names": [], "robust_acc": None},
+        "model": {"name": "small_cnn"},
+        "checkpoint": {"path": str(ckpt), "sha256": hashlib.sha256(ckpt.read_bytes()).hexdigest()},
+        "warnings": [],
+        "unreliable": False,
+        "wall_time_s": 1.0,
+    }
+    res.update(extra)
+    (ev / "results.json").write_text(json.dumps(res))
+    return ev
+
+
+def test_pgd_autoattack_gap_is_taken_on_the_same_images(tmp_path: Path) -> None:
+    """The PGD column may come from a PGD evaluation on more images; the gap never does."""
+    root = tmp_path / "runs"
+    a = _made_train(root, "a", loss="gkl")
+    b = _made_train(root, "b", loss="trades")
+    # a: AutoAttack on 300 images (its own PGD-20 on them: 34%) and PGD-20 on 1,000 images (29%)
+    _made_eval(root, "aa_a", a, kind="autoattack", n=300, clean=0.6, robust=0.30, pgd=0.34)
+    _made_eval(root, "pgd_a", a, kind="pgd", n=1000, clean=0.61, robust=0.29, pgd=0.29)
+    _made_eval(root, "aa_b", b, kind="autoattack", n=300, clean=0.5, robust=0.20, pgd=0.27)
+    _made_eval(root, "pgd_b", b, kind="pgd", n=1000, clean=0.52, robust=0.26, pgd=0.26)
+    res = write_report([root], tmp_path / "rep")
+    md = res.markdown.read_text()
+    rows = {r["run"]: r for r in _table(md, "### Runs")}
+    assert rows["runs/a"]["PGD-20 % (images)"] == "29.00 (1000)"  # the larger PGD evaluation
+    assert rows["runs/a"]["AutoAttack % (images)"] == "30.00 (300)"
+    (gap,) = [x for x in md.splitlines() if "minus AutoAttack" in x]
+    # 34 - 30 and 27 - 20 on the AutoAttack evaluations' own 300 images, not 29 - 30 and 26 - 20
+    assert "on the same 300 test images" in gap and ": a 4.0, b 7.0." in gap, gap
+
+
+def test_mixed_datasets_get_separate_sections(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    c10 = _made_train(root, "c10", data="cifar10")
+    fm = _made_train(root, "fm", data="fashion_mnist")
+    _made_eval(root, "aa_c10", c10, kind="autoattack", n=100, clean=0.5, robust=0.2, pgd=0.25)
+    _made_eval(
+        root, "aa_fm", fm, kind="autoattack", n=100, clean=0.8, robust=0.6, pgd=0.6,
+        data="fashion_mnist",
+    )  # fmt: skip
+    res = write_report([root], tmp_path / "rep")
+    assert res.sections == ["cifar10, Linf eps 8/255", "fashion_mnist, Linf eps 8/255"]
+    md = res.markdown.read_text()
+    assert "several data sets or threat models: each has its own section" in md
+    for title, mine, other in (
+        ("cifar10, Linf eps 8/255", "runs/c10", "runs/fm"),
+        ("fashion_mnist, Linf eps 8/255", "runs/fm", "runs/c10"),
+    ):
+        sec = _section(md, title)
+        assert [r["run"] for r in _table(sec, "### Runs")] == [mine]
+        assert other not in sec  # in no table, figure caption or evaluation list of this section
+    # each section draws its own figures from its own runs only
+    assert sorted(p.name for p in res.images) == sorted(
+        f"s{i}_{f}.png" for i in (1, 2) for f in ("curves", "clean_vs_aa")
+    )

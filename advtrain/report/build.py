@@ -46,6 +46,7 @@ __all__ = [
     "Row",
     "Scores",
     "Section",
+    "aa_pgd_gap",
     "build_sections",
     "differing_keys",
     "flatten",
@@ -121,6 +122,14 @@ def scores(aa: EvalRun | None, pgd: EvalRun | None) -> Scores:
     return Scores(clean, clean_n, p, p_n, p_name, a, a_n, version)
 
 
+def aa_pgd_gap(aa: EvalRun | None) -> tuple[str, float, int] | None:
+    """(PGD name, PGD minus AutoAttack accuracy, images) of one AutoAttack evaluation, measured on
+    the same images (its own PGD run), or None when it ran no PGD."""
+    if aa is None or not aa.is_autoattack or aa.pgd is None or aa.robust_acc is None:
+        return None
+    return str(aa.pgd.get("name") or "PGD"), float(aa.pgd["acc"]) - aa.robust_acc, aa.n_examples
+
+
 def pick_evals(evals: Sequence[EvalRun]) -> tuple[EvalRun | None, EvalRun | None]:
     """The AutoAttack and the PGD evaluation a table row shows, out of all of one checkpoint's.
 
@@ -166,6 +175,15 @@ class Row:
     def seed(self) -> int | None:
         """The training seed (an evaluation's own seed only drives its attacks' random starts)."""
         return self.run.seed if self.run is not None else None
+
+    @property
+    def same_image_gap(self) -> tuple[str, float, int] | None:
+        """(PGD name, PGD minus AutoAttack accuracy, images) inside this row's AutoAttack evaluation.
+
+        Both accuracies come from one evaluation on its own images; the PGD column may show a PGD
+        evaluation on other (more) images, whose difference to AutoAttack is not a gap.
+        """
+        return aa_pgd_gap(self.aa)
 
     @property
     def role(self) -> str:
@@ -453,12 +471,14 @@ def _group_summaries(sec: Section) -> dict[str, dict[str, Summary | None]]:
     groups: dict[str, list[Row]] = {}
     for r in sec.rows:
         groups.setdefault(r.group, []).append(r)
-    out: dict[str, dict[str, Summary | None]] = {"clean": {}, "pgd": {}, "aa": {}}
+    out: dict[str, dict[str, Summary | None]] = {"clean": {}, "pgd": {}, "aa": {}, "gap": {}}
     for g, rows in groups.items():
         sc = [r.scores for r in rows]
         out["clean"][g] = summarize([s.clean for s in sc])
         out["pgd"][g] = summarize([s.pgd for s in sc])
         out["aa"][g] = summarize([s.aa for s in sc])
+        gaps = [r.same_image_gap for r in rows]
+        out["gap"][g] = summarize([None if x is None else x[1] for x in gaps])
     return out
 
 
@@ -816,7 +836,18 @@ def _section(sec: Section, index: int, n_sections: int, out: Path, images: list[
                 "Generated from the group means above; it states nothing they do not show.",
                 "",
             ]
-            L += [f"- {x}" for x in reading(summaries, present, n_test=n_test)]
+            gaps = [g for r in sec.rows if (g := r.same_image_gap) is not None]
+            L += [
+                f"- {x}"
+                for x in reading(
+                    summaries,
+                    present,
+                    n_test=n_test,
+                    pgd_aa_gap=summaries["gap"],
+                    gap_pgd=_uniform([g[0] for g in gaps]) or "PGD",
+                    gap_n=_uniform([g[2] for g in gaps]),
+                )
+            ]
             L.append("")
     L += _curves(sec, ctx)
     L += _scatter(sec, ctx)

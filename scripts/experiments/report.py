@@ -41,6 +41,7 @@ from advtrain.report import (
     Scores,
     Summary,
     TrainRun,
+    aa_pgd_gap,
     binomial_se,
     mcnemar_p,
     paired_seed,
@@ -342,6 +343,16 @@ def write_report(runs_dir: Path, out_dir: Path) -> Path:
         for m in labels
     }
     n_test = {m: metric_n(runs, m, study) for m in labels}
+    # PGD minus AutoAttack on the same images: each AutoAttack evaluation's own PGD run, never the
+    # separate PGD evaluation (study B ran PGD-20 on 1,000 images and AutoAttack on 300).
+    gaps = {r.key: aa_pgd_gap(r.evals.get(study["robust_key"])) for r in runs}
+    gap_summaries = {
+        lab: summarize([g[1] for r in runs if r.slug == slug and (g := gaps[r.key]) is not None])
+        for slug, lab in methods
+    }
+    gap_items = [g for g in gaps.values() if g is not None]
+    gap_names = {g[0] for g in gap_items}
+    gap_ns = {g[2] for g in gap_items}
 
     figures = {
         "val_curves": plot_val_curves(runs, out_dir / "val_curves.png"),
@@ -503,7 +514,15 @@ def write_report(runs_dir: Path, out_dir: Path) -> Path:
     done = sum(r.finished for r in runs) + sum(len(r.evals) for r in runs)
     if done < expected:
         L.append(f"- Incomplete: {done} of {expected} trainings and evaluations have finished.")
-    for line in reading(summaries, labels, n_test=n_test, class_diff=class_diff):
+    for line in reading(
+        summaries,
+        labels,
+        n_test=n_test,
+        class_diff=class_diff,
+        pgd_aa_gap=gap_summaries,
+        gap_pgd=gap_names.pop() if len(gap_names) == 1 else "PGD",
+        gap_n=gap_ns.pop() if len(gap_ns) == 1 else None,
+    ):
         L.append(f"- {line}")
     for la, lb, ps in pair_rows:
         if ps:
@@ -559,6 +578,9 @@ def write_report(runs_dir: Path, out_dir: Path) -> Path:
                 "clean": metric(r, "clean", study),
                 "pgd": metric(r, "pgd", study),
                 "aa": metric(r, "aa", study),
+                "pgd_minus_aa_same_images": None
+                if gaps[r.key] is None
+                else {"pgd": gaps[r.key][0], "gap": gaps[r.key][1], "n": gaps[r.key][2]},
                 "train_seconds": r.train_seconds,
                 "eval_seconds": r.eval_seconds,
                 "commands": r.commands,
