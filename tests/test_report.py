@@ -247,6 +247,55 @@ def test_report_numbers_equal_the_run_files(tiny: dict, tmp_path: Path) -> None:
     assert "## Problems with the input" in md and "no evaluation of its checkpoints" in md
 
 
+@pytest.mark.slow
+def test_readme_command_on_the_default_run_layout(data_dir: Path, tmp_path: Path) -> None:
+    """The README's `python -m advtrain report runs/demo/* runs/eval/*`, run by a shell on what
+    `train` and `eval` write by default (runs/<name>/<time>, runs/eval/<time>); smoke, not demo, for
+    time. Every number of the report's row is the run files' number."""
+    env = {k: v for k, v in os.environ.items() if k != "ADVTRAIN_RUNS_DIR"}
+    env |= {"ADVTRAIN_DATA_DIR": str(data_dir), "OMP_NUM_THREADS": "2"}
+
+    def sh(cmd: str) -> subprocess.CompletedProcess[str]:
+        return _ok(
+            subprocess.run(
+                ["bash", "-c", cmd], cwd=tmp_path, env=env, capture_output=True, text=True,
+                timeout=600,
+            )
+        )  # fmt: skip
+
+    py = sys.executable
+    sh(
+        f"{py} -m advtrain train +exp=smoke data.train_subset=128 trainer.val_examples=64 "
+        "trainer.test_examples=64"
+    )
+    (run,) = (tmp_path / "runs" / "smoke").iterdir()
+    sh(
+        f"{py} -m advtrain eval ckpt=runs/smoke/{run.name}/last.pt eval=aa_custom "
+        f"n_examples={N_AA} batch_size=16 shard_size=16 progress=false"
+    )
+    (ev,) = (tmp_path / "runs" / "eval").iterdir()
+    proc = sh(f"{py} -m advtrain report runs/smoke/* runs/eval/*")
+    assert proc.stdout.startswith(
+        "advtrain report | 1 training run(s), 1 evaluation(s) | 1 section"
+    )
+    assert proc.stderr == "", proc.stderr  # nothing missing: the evaluation paired with its run
+    md_path = Path(re.search(r"report\.md +(\S+)", proc.stdout).group(1))
+    assert md_path.parent.parent == Path("runs/report")  # the default out=, next to the runs
+    md = (tmp_path / md_path).read_text()
+    (row,) = _table(md, "### Runs")
+    aa, final = _results(ev), json.loads((run / "final.json").read_text())
+    assert row["run"] == f"smoke/{run.name}" and row["method"] == "trades" and row["epochs"] == "2"
+    assert row["checkpoint"].startswith("last.pt")
+    assert row["clean % (images)"] == _acc(aa["clean_acc"], N_AA)
+    assert row["PGD-20 % (images)"] == _acc(aa["pgd"]["acc"], N_AA)
+    assert row["AutoAttack % (images)"] == _acc(aa["robust_acc"], N_AA, "custom")
+    assert row["train-end test % (images)"] == (
+        f"clean {100 * final['test_clean_acc']:.2f} / PGD-5 {100 * final['test_pgd5_acc']:.2f} (64)"
+    )
+    for name in ("curves.png", "clean_vs_aa.png", "per_class.png", "attack_stages.png"):
+        assert (tmp_path / md_path.parent / name).read_bytes()[:8] == PNG, name
+
+
 class _Images(HTMLParser):
     def __init__(self) -> None:
         super().__init__()
