@@ -17,7 +17,9 @@ numbers, but nobody should trust them without an adaptive attack.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -29,6 +31,8 @@ from advtrain.utils.images import check_unit_range
 
 __all__ = [
     "L2_PIXEL_THRESHOLD",
+    "MASKING_ALPHA",
+    "MaskingTest",
     "PGD_GAP_PP",
     "SQUARE_THRESHOLD",
     "PreflightError",
@@ -39,6 +43,8 @@ __all__ = [
     "check_logits",
     "check_num_classes",
     "eps_to_str",
+    "masking_test",
+    "masking_tests",
     "masking_warnings",
     "parse_eps",
     "preflight",
@@ -49,6 +55,8 @@ PGD_GAP_PP = 10.0
 #: Square lowering robust accuracy by more than this fraction after the white-box attacks is a red
 #: flag; 0.002 (0.2 pp) is AutoAttack's own threshold in `checks.check_square_sr`.
 SQUARE_THRESHOLD = 0.002
+#: Significance level of the masking tests: a red flag needs p < 0.01, not a raw gap.
+MASKING_ALPHA = 0.01
 #: Tolerance of the determinism check on L2-normalised logits (AutoAttack's randomness check uses
 #: the same 1e-4), loose enough for GPU kernel non-associativity, tight enough for any dropout.
 _DETERMINISM_TOL = 1e-4
@@ -222,6 +230,144 @@ def preflight(
 # --------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class MaskingTest:
+    """One gradient-masking test: `k` of `n` images broken only by the stronger attack.
+
+    `k` counts the images the weaker attack failed on but the stronger one broke (PGD robust but
+    AutoAttack not; robust after the white-box attacks but broken by Square). The flag rests on
+    `k` and `n`, not on a difference of two rounded accuracies: see :func:`masking_test`.
+    """
+
+    name: str
+    k: int
+    n: int
+    tolerated_rate: float
+    p_value: float
+    alpha: float = MASKING_ALPHA
+
+    @property
+    def rate(self) -> float:
+        return self.k / self.n if self.n else 0.0
+
+    @property
+    def significant(self) -> bool:
+        """Whether the images broken only by the stronger attack exceed the tolerated share at `alpha`."""
+        return self.n > 0 and self.p_value < self.alpha
+
+    def describe(self) -> str:
+        """ "4 of 32 images (12.50%), tolerated 10%: p = 0.40" """
+        return (
+            f"{self.k} of {self.n} images ({100 * self.rate:.2f}%), tolerated "
+            f"{100 * self.tolerated_rate:g}%: p = {self.p_value:.2g}"
+        )
+
+    def to_dict(self) -> dict[str, object]:
+        """What results.json records under `masking_tests` (each flag with the images it rests on)."""
+        return {
+            "name": self.name,
+            "k": self.k,
+            "n": self.n,
+            "tolerated_rate": self.tolerated_rate,
+            "p_value": self.p_value,
+            "alpha": self.alpha,
+            "significant": self.significant,
+        }
+
+
+def _binomial_sf(k: int, n: int, p: float) -> float:
+    """P(X >= k) for X ~ Binomial(n, p), exactly up to float rounding (log-space sum of the tail)."""
+    if k <= 0:
+        return 1.0
+    if k > n:
+        return 0.0
+    if p <= 0.0:
+        return 0.0
+    if p >= 1.0:
+        return 1.0
+    lp, lq = math.log(p), math.log1p(-p)
+    logs = [
+        math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * lp + (n - i) * lq
+        for i in range(k, n + 1)
+    ]
+    top = max(logs)
+    return min(1.0, math.exp(top) * math.fsum(math.exp(v - top) for v in logs))
+
+
+def masking_test(
+    k: int, n: int, *, tolerated_rate: float, alpha: float = MASKING_ALPHA, name: str = "masking"
+) -> MaskingTest:
+    """One-sided exact binomial test: do more than `tolerated_rate` of the images break only
+    under the stronger attack? `k` of `n` images did.
+
+    Why this test: a red flag claims that the weaker attack misses adversarial examples that
+    exist on more than a tolerated share of the images (10% for PGD vs AutoAttack, AutoAttack's
+    own 0.2% for Square). Each evaluated image either is such an image or not, so under the null
+    hypothesis "the true share is at most `tolerated_rate`" k is at most Binomial(n,
+    tolerated_rate), and p = P(X >= k) is exact for any n, also for a 32-image smoke evaluation,
+    where a 4-image gap is 12.5 pp yet p = 0.40. The flag needs p < `alpha` (0.01): evidence, not
+    a raw gap. It is one-sided because only a stronger attack breaking *more* is a masking sign,
+    and it tests the share against the tolerance rather than McNemar's "the attacks are equally
+    strong" (AutoAttack is always somewhat stronger than PGD; on 10,000 images McNemar would flag
+    every ordinary 2 pp gap). When only accuracies are known, k = round(gap * n) is the smallest
+    count consistent with them (the images PGD broke but AutoAttack did not can only hide more),
+    so the test then errs towards no flag.
+    """
+    if isinstance(k, bool) or isinstance(n, bool) or k < 0 or n < 0 or k > n:
+        raise ValueError(f"masking_test: need 0 <= k <= n, got k={k}, n={n}")
+    if not 0.0 <= tolerated_rate < 1.0:
+        raise ValueError(f"masking_test: tolerated_rate must be in [0, 1), got {tolerated_rate}")
+    p = _binomial_sf(int(k), int(n), float(tolerated_rate)) if n else 1.0
+    return MaskingTest(name, int(k), int(n), float(tolerated_rate), p, float(alpha))
+
+
+def _count(rate: float, n: int) -> int:
+    """Images behind an accuracy difference on n images (accuracies are multiples of 1/n)."""
+    return max(0, min(n, round(rate * n)))
+
+
+def masking_tests(
+    *,
+    n_examples: int,
+    aa_robust_acc: float | None = None,
+    pgd_robust_acc: float | None = None,
+    pgd_only_robust: int | None = None,
+    per_attack: Mapping[str, float] | None = None,
+    gap_pp: float = PGD_GAP_PP,
+    square_threshold: float = SQUARE_THRESHOLD,
+    alpha: float = MASKING_ALPHA,
+) -> list[MaskingTest]:
+    """The tests behind the red flags of one evaluation on `n_examples` images.
+
+    `pgd_only_robust`: images robust under PGD but broken by AutoAttack, when the per-image flags
+    are known (else the accuracy gap gives the smallest possible count). `per_attack` is
+    AutoAttack's cascade (robust accuracy after each attack, in order).
+    """
+    out: list[MaskingTest] = []
+    if per_attack:
+        names = list(per_attack)
+        if "square" in names and names.index("square") > 0:
+            before = per_attack[names[names.index("square") - 1]]
+            k = _count(before - per_attack["square"], n_examples)
+            out.append(
+                masking_test(
+                    k, n_examples, tolerated_rate=square_threshold, alpha=alpha, name="square"
+                )
+            )
+    if aa_robust_acc is not None and pgd_robust_acc is not None:
+        k = (
+            pgd_only_robust
+            if pgd_only_robust is not None
+            else _count(pgd_robust_acc - aa_robust_acc, n_examples)
+        )
+        out.append(
+            masking_test(
+                k, n_examples, tolerated_rate=gap_pp / 100, alpha=alpha, name="pgd_vs_autoattack"
+            )
+        )
+    return out
+
+
 def masking_warnings(
     *,
     aa_robust_acc: float | None = None,
@@ -230,6 +376,9 @@ def masking_warnings(
     per_attack: Mapping[str, float] | None = None,
     gap_pp: float = PGD_GAP_PP,
     square_threshold: float = SQUARE_THRESHOLD,
+    n_examples: int | None = None,
+    pgd_only_robust: int | None = None,
+    alpha: float = MASKING_ALPHA,
 ) -> list[str]:
     """Gradient-masking red flags from the numbers of one evaluation.
 
@@ -239,26 +388,54 @@ def masking_warnings(
       gradient-based attacks ran: gradients are hiding adversarial examples that exist;
     * PGD robust accuracy more than `gap_pp` percentage points above AutoAttack's: PGD's fixed
       step / cross-entropy is being fooled (e.g. by logit scaling), so PGD numbers are unreliable.
+
+    With `n_examples` (what `evaluate` passes) a flag is raised only when :func:`masking_test`
+    finds the excess significant, and its message says how many images it rests on; without it,
+    the raw thresholds above (for callers that only have two accuracies and no image count).
     """
     out: list[str] = []
+    tests: dict[str, MaskingTest] = {}
+    if n_examples is not None:
+        tests = {
+            t.name: t
+            for t in masking_tests(
+                n_examples=n_examples,
+                aa_robust_acc=aa_robust_acc,
+                pgd_robust_acc=pgd_robust_acc,
+                pgd_only_robust=pgd_only_robust,
+                per_attack=per_attack,
+                gap_pp=gap_pp,
+                square_threshold=square_threshold,
+                alpha=alpha,
+            )
+        }
     if per_attack:
         names = list(per_attack)
         if "square" in names and names.index("square") > 0:
             before = per_attack[names[names.index("square") - 1]]
             drop = before - per_attack["square"]
-            if drop > square_threshold:
+            t = tests.get("square")
+            if t.significant if t is not None else drop > square_threshold:
+                evidence = f" ({t.describe()})" if t is not None else ""
                 out.append(
                     f"gradient masking suspected: the black-box Square attack lowered robust "
                     f"accuracy by {100 * drop:.2f} pp after the white-box attacks "
-                    f"({100 * before:.2f}% -> {100 * per_attack['square']:.2f}%); the evaluation "
-                    "may be unreliable, try an adaptive attack"
+                    f"({100 * before:.2f}% -> {100 * per_attack['square']:.2f}%){evidence}; the "
+                    "evaluation may be unreliable, try an adaptive attack"
                 )
     if aa_robust_acc is not None and pgd_robust_acc is not None:
         gap = 100 * (pgd_robust_acc - aa_robust_acc)
-        if gap > gap_pp:
+        t = tests.get("pgd_vs_autoattack")
+        if t.significant if t is not None else gap > gap_pp:
+            evidence = (
+                f"; {t.k} of {t.n} images robust to {pgd_name} were broken by AutoAttack, "
+                f"p = {t.p_value:.2g} against a {gap_pp:g}% tolerance"
+                if t is not None
+                else ""
+            )
             out.append(
                 f"gradient masking suspected: {pgd_name} robust accuracy {100 * pgd_robust_acc:.2f}% "
-                f"is {gap:.1f} pp above AutoAttack's {100 * aa_robust_acc:.2f}% (> {gap_pp:g} pp); "
-                "do not report PGD numbers for this model"
+                f"is {gap:.1f} pp above AutoAttack's {100 * aa_robust_acc:.2f}% (> {gap_pp:g} pp)"
+                f"{evidence}; do not report PGD numbers for this model"
             )
     return out
