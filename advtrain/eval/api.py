@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -281,6 +280,8 @@ class EvalResult:
     warnings: list[str]
     unreliable: bool
     wall_time_s: float
+    #: The tests the gradient-masking flags rest on (checks.masking_test), with their image counts.
+    masking_tests: list[checks.MaskingTest] = field(default_factory=list)
 
     @property
     def n_examples(self) -> int:
@@ -293,11 +294,11 @@ class EvalResult:
 
     @property
     def clean_acc(self) -> float:
-        return float(self.clean_correct.float().mean())
+        return _fraction(self.clean_correct)
 
     @property
     def robust_acc(self) -> float | None:
-        return None if self.robust_correct is None else float(self.robust_correct.float().mean())
+        return None if self.robust_correct is None else _fraction(self.robust_correct)
 
     def to_dict(self, run_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
         """The content of results.json (format `advtrain-eval-results`, version 1)."""
@@ -345,6 +346,7 @@ class EvalResult:
             out["aa_shards"] = {"total": aa.shards_total, "resumed": aa.shards_resumed}
         out["warnings"] = list(self.warnings)
         out["unreliable"] = self.unreliable
+        out["masking_tests"] = [t.to_dict() for t in self.masking_tests]
         out["wall_time_s"] = self.wall_time_s
         return out
 
@@ -377,15 +379,12 @@ class EvalResult:
         return results
 
 
-def _finite_or_none(v: float) -> float | None:
-    return None if v is None or (isinstance(v, float) and not math.isfinite(v)) else float(v)
-
-
 def _per_class(correct: Tensor, labels: Tensor, num_classes: int) -> list[float | None]:
-    """Accuracy per class; None (JSON null) for a class without examples."""
-    from advtrain.eval.evaluate import per_class_accuracy
-
-    return [_finite_or_none(v) for v in per_class_accuracy(correct, labels, num_classes)]
+    """Accuracy per class as exact fractions hits / count; None (JSON null) for a class without examples."""
+    labels = labels.cpu().long()
+    counts = torch.bincount(labels, minlength=num_classes).tolist()
+    hits = torch.bincount(labels[correct.cpu().bool()], minlength=num_classes).tolist()
+    return [h / c if c else None for h, c in zip(hits, counts)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -486,7 +485,7 @@ def _run_pgd(net: nn.Module, data: EvalData, spec: EvalSpec) -> tuple[PGDRecord,
         step_size=step_size,
         objective=spec.pgd_objective,
         restarts=spec.pgd_restarts,
-        acc=float(ok.float().mean()),
+        acc=_fraction(ok),
     )
     return record, ok
 
@@ -495,21 +494,58 @@ def _red_flags(
     spec: EvalSpec,
     robust: Tensor | None,
     pgd: PGDRecord | None,
+    pgd_ok: Tensor | None,
     aa: AutoAttackRecord | None,
     warnings: Sequence[str],
-) -> tuple[list[str], bool]:
-    """Gradient-masking warnings and the `unreliable` flag (also set for randomised defences)."""
+) -> tuple[list[str], bool, list[checks.MaskingTest]]:
+    """Gradient-masking warnings, the `unreliable` flag (also set for randomised defences) and the
+    tests the flags rest on (checks.masking_test: a flag needs a significant excess, not a raw gap)."""
     is_aa = spec.kind == "autoattack"
-    masking = checks.masking_warnings(
-        aa_robust_acc=float(robust.float().mean()) if is_aa and robust is not None else None,
-        pgd_robust_acc=pgd.acc if is_aa and pgd is not None else None,
-        pgd_name=pgd.name if pgd is not None else "PGD",
-        per_attack=aa.per_attack_robust_acc if aa is not None else None,
+    n = 0 if robust is None else int(robust.numel())
+    aa_acc = _fraction(robust) if is_aa and robust is not None else None
+    pgd_acc = pgd.acc if is_aa and pgd is not None else None
+    # Images robust to PGD that AutoAttack broke: the discordant images the PGD flag rests on.
+    pgd_only = (
+        int((pgd_ok.bool() & ~robust.bool()).sum())
+        if aa_acc is not None and pgd_ok is not None and robust is not None
+        else None
     )
+    per_attack = aa.per_attack_robust_acc if aa is not None else None
+    tests = (
+        checks.masking_tests(
+            n_examples=n,
+            aa_robust_acc=aa_acc,
+            pgd_robust_acc=pgd_acc,
+            pgd_only_robust=pgd_only,
+            per_attack=per_attack,
+        )
+        if n
+        else []
+    )
+    masking = checks.masking_warnings(
+        aa_robust_acc=aa_acc,
+        pgd_robust_acc=pgd_acc,
+        pgd_name=pgd.name if pgd is not None else "PGD",
+        per_attack=per_attack,
+        n_examples=n or None,
+        pgd_only_robust=pgd_only,
+    )
+    for t in tests:
+        if not t.significant and t.k > t.n * t.tolerated_rate:
+            log.info(
+                "no masking flag (%s): %s, not significant at %g", t.name, t.describe(), t.alpha
+            )
     unreliable = bool(masking) or any(
         "randomized defense" in w or "dynamic defense" in w for w in warnings
     )
-    return masking, unreliable
+    return masking, unreliable, tests
+
+
+def _fraction(correct: Tensor) -> float:
+    """The share of True flags as the nearest float to the exact fraction correct / n (no float32
+    noise: 47 of 100 is 0.47, not 0.4699999988)."""
+    n = int(correct.numel())
+    return int(correct.sum()) / n if n else float("nan")
 
 
 def evaluate(
@@ -562,12 +598,12 @@ def evaluate(
                 net, x[: spec.batch_size].to(dev), norm=spec.norm, eps=spec.eps
             )
         clean = clean_correct(net, data.images, data.labels, batch_size=spec.batch_size)
-    pgd = None
+    pgd = pgd_ok = None
     if spec.pgd_steps > 0 and spec.norm in ("Linf", "L2"):
         pgd, pgd_ok = _run_pgd(net, data, spec)
         if spec.kind == "pgd":
             robust = pgd_ok
-    masking, unreliable = _red_flags(spec, robust, pgd, aa, warnings)
+    masking, unreliable, tests = _red_flags(spec, robust, pgd, pgd_ok, aa, warnings)
     warnings += masking
     for w in warnings:
         log.warning("%s", w)
@@ -590,4 +626,5 @@ def evaluate(
         warnings=warnings,
         unreliable=unreliable,
         wall_time_s=time.perf_counter() - started,
+        masking_tests=tests,
     )
