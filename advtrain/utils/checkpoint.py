@@ -17,7 +17,6 @@ import os
 import pickle
 import re
 import tempfile
-import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -76,6 +75,13 @@ def checksum(payload: Mapping[str, Any]) -> str:
     return h.hexdigest()
 
 
+def _umask() -> int:
+    """The process's umask (read by setting and restoring it: there is no getter)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], None]) -> Path:
     """Write a file so that readers see either the old or the complete new content, never a torn one.
 
@@ -86,6 +92,9 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], None]
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp creates the file 0600; give it the mode open() would (0666 less the umask), like
+        # every other file of a run directory.
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -129,6 +138,66 @@ def save_checkpoint(path: str | os.PathLike[str], payload: Mapping[str, Any]) ->
     return path
 
 
+#: How a file written by torch.save starts: a zip archive (the format since PyTorch 1.6) or a pickle
+#: (the legacy format; protocol 2+ starts with 0x80).
+_ZIP_MAGIC = b"PK\x03\x04"
+_FIX = (
+    "pass a .pt file written by advtrain or torch.save (last.pt, best.pt or checkpoints/step_*.pt)"
+)
+
+
+def _not_torch(path: Path) -> str | None:
+    """Why `path` cannot be a torch.save file, judged from its first bytes; None if it may be one."""
+    with open(path, "rb") as f:
+        head = f.read(256)
+    if not head:
+        return f"checkpoint {path} is empty (0 bytes: a write that never finished); {_FIX}"
+    if head.startswith(_ZIP_MAGIC) or head[:1] == b"\x80":
+        return None
+    if not head.strip(b"\x00"):
+        return (
+            f"checkpoint {path} is truncated or corrupt (it starts with zero bytes, as a file "
+            f"allocated but never written); {_FIX}"
+        )
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        text = head[: len(head) - 3].decode("utf-8", errors="replace")
+        if text.count("\ufffd") > 2:
+            return f"checkpoint {path} is not a PyTorch checkpoint (unknown binary content); {_FIX}"
+    kind = "JSON" if text.lstrip()[:1] in ("{", "[") else "text"
+    first = text.strip().splitlines()[0][:40] if text.strip() else ""
+    return f"checkpoint {path} is not a PyTorch checkpoint: it holds {kind} ({first!r}); {_FIX}"
+
+
+def _torch_load(path: Path, map_location: str | torch.device) -> Any:
+    """`torch.load(weights_only=True)` whose every failure on a file's content is a CheckpointError."""
+    try:
+        reason = _not_torch(path)
+    except OSError as e:
+        raise CheckpointError(f"cannot read checkpoint {path}: {e.strerror}") from None
+    if reason is not None:
+        raise CheckpointError(reason)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if "Unsupported global" in ln]
+        if not lines:  # not a forbidden class: the pickle stream itself is damaged
+            raise CheckpointError(
+                f"checkpoint {path} is truncated or corrupt (its pickle stream does not load)"
+            ) from None
+        first = lines[0].split(" was not")[0]
+        raise CheckpointError(
+            f"refusing to load {path}: it contains pickled Python objects that weights_only=True does not "
+            f"allow ({first[:200]}); only load such a file if you trust it, and re-save it as tensors"
+        ) from None
+    except Exception as e:  # torch raises RuntimeError, EOFError, KeyError, ... on damaged archives
+        first = str(e).strip().splitlines()[0].split(". ")[0] if str(e).strip() else ""
+        raise CheckpointError(
+            f"checkpoint {path} is truncated or corrupt ({type(e).__name__}: {first[:120]})"
+        ) from None
+
+
 def load_checkpoint(
     path: str | os.PathLike[str], *, map_location: str | torch.device = "cpu", verify: bool = True
 ) -> dict[str, Any]:
@@ -139,19 +208,7 @@ def load_checkpoint(
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        data = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        lines = [ln.strip() for ln in str(e).splitlines() if "Unsupported global" in ln]
-        first = lines[0].split(" was not")[0] if lines else type(e).__name__
-        raise CheckpointError(
-            f"refusing to load {path}: it contains pickled Python objects that weights_only=True does not "
-            f"allow ({first[:200]}); only load such a file if you trust it, and re-save it as tensors"
-        ) from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
-        raise CheckpointError(
-            f"checkpoint {path} is truncated or corrupt ({type(e).__name__}: {str(e)[:120]})"
-        ) from None
+    data = _torch_load(path, map_location)
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CheckpointError(
             f"{path} is not an advtrain checkpoint (no format='{FORMAT}' field); for a plain state dict "
@@ -171,16 +228,7 @@ def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise CheckpointError(
-            f"refusing to load {path}: it contains pickled Python objects (weights_only=True)"
-        ) from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
-        raise CheckpointError(
-            f"checkpoint {path} is truncated or corrupt ({type(e).__name__})"
-        ) from None
+    data = _torch_load(path, "cpu")
     if isinstance(data, dict) and data.get("format") == FORMAT:
         return dict(data["model"])
     for key in ("state_dict", "model", "net", "model_state_dict"):
