@@ -42,10 +42,8 @@ class Recorder(Callback):
         self.calls.append("before")
 
     def after_update(self, loop: LoopState, batch: Batch) -> None:
-        self.calls.append("after")
-
-    def on_skipped_update(self, loop: LoopState, batch: Batch) -> None:
-        self.calls.append("skipped")
+        assert batch.applied is not None and batch.applied.dtype == torch.bool
+        self.calls.append(("after", bool(batch.applied)))  # a sync, fine in a test
 
     def averaged_model(self) -> nn.Module | None:
         return self.average
@@ -70,7 +68,7 @@ def test_an_unknown_callback_gets_every_hook_and_its_average_is_evaluated(tmp_pa
     trainer.callbacks.append(recorder)
     trainer.begin_epoch()
     x, y = _batch()
-    assert trainer.train_step(x, y, 0) is not None
+    trainer.train_step(x, y, 0)
 
     inner = trainer.loss.forward
 
@@ -80,8 +78,16 @@ def test_an_unknown_callback_gets_every_hook_and_its_average_is_evaluated(tmp_pa
         return out
 
     trainer.loss.forward = nan_forward  # type: ignore[method-assign]
-    assert trainer.train_step(x, y, 1) is None  # dropped (trainer.nonfinite=skip)
-    assert recorder.calls == [("epoch_start", 1), "before", "after", "before", "skipped"]
+    trainer.train_step(x, y, 1)  # dropped (trainer.nonfinite=skip), known on the device only
+    assert recorder.calls == [
+        ("epoch_start", 1),
+        "before",
+        ("after", True),
+        "before",
+        ("after", False),
+    ]
+    interval = trainer.settle()  # reads the device-side guard: one skipped batch, one update
+    assert interval is not None and len(interval.skipped) == 1
     assert trainer.step == 1
     # the last callback holding an average is what the trainer validates and exports
     assert trainer.eval_model is recorder.average
@@ -120,7 +126,9 @@ def test_awp_removes_its_perturbation_when_the_batch_is_dropped(tmp_path: Path) 
 
     trainer.loss.forward = nan_training_forward  # type: ignore[method-assign]
     x, y = _batch()
-    assert trainer.train_step(x, y, 0) is None
+    trainer.train_step(x, y, 0)
+    interval = trainer.settle()
+    assert interval is not None and interval.taken == 0 and len(interval.skipped) == 1
     assert any(not torch.equal(seen[k], before[k]) for k in before)  # AWP did perturb the weights
     # (BatchNorm statistics moved with the forward passes; the weights must be back where they were)
     for key, value in trainer.unwrapped_model.named_parameters():

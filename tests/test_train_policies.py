@@ -100,7 +100,7 @@ def test_train_step_runs_only_the_natural_forward_under_autocast(opt_in: bool) -
     trainer.attack.steps = 2
     seen = _record_autocast(trainer.unwrapped_model)
     x, y = _batch(16)
-    assert trainer.train_step(x, y, 0) is not None
+    trainer.train_step(x, y, 0)
     # Attack: 1 natural (KL target) + 2 steps; training: adversarial + natural forward.
     assert len(seen) == 5
     if opt_in:
@@ -150,10 +150,12 @@ def test_skipped_batch_does_not_feed_the_class_weights() -> None:
         return torch.full_like(xb, float("nan"))  # adversarial logits NaN, natural ones finite
 
     trainer.attack = nan_attack
-    assert trainer.train_step(x, y, 0) is None  # skipped
+    trainer.train_step(x, y, 0)  # skipped
+    assert len(trainer.settle().skipped) == 1
     assert int(tracker.counts.sum()) == 0 and float(tracker.accumulator.abs().sum()) == 0.0
     trainer.attack = real_attack
-    assert trainer.train_step(x, y, 1) is not None
+    trainer.train_step(x, y, 1)
+    assert trainer.settle().taken == 1
     assert int(tracker.counts.sum()) == 16
 
 

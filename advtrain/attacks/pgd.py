@@ -165,11 +165,14 @@ def pgd(
     restarts: int = 1,
     generator: torch.Generator | None = None,
     logits_nat: Tensor | None = None,
+    check_range: bool = True,
 ) -> Tensor:
     """PGD adversarial examples for ``model`` at ``(x, y)``: detached, in the ball and in [0, 1].
 
     ``x`` must be float images in [0, 1]; anything else (0-255 pixels, normalised inputs) is a
-    :class:`~advtrain.errors.DataError` naming the likely cause, never silently clamped.
+    :class:`~advtrain.errors.DataError` naming the likely cause, never silently clamped. That check
+    reads the range back to the host (one device sync); ``check_range=False`` is for a caller that
+    checks its inputs itself (the trainer keeps their range on the device between log points).
 
     ``objective``: a name from :data:`~advtrain.attacks.objectives.OBJECTIVES` or a callable
     ``(logits_adv, y, logits_nat | None) -> (B,)`` to maximise (its per-sample values are summed
@@ -190,7 +193,8 @@ def pgd(
     mode = start_mode(random_start)
     objective_fn = get_objective(objective)
     _check_batch(x, y)
-    check_unit_range(x, "attack inputs")
+    if check_range:
+        check_unit_range(x, "attack inputs")
     threat.validate_input(x)
     x = x.detach()
     y = y.detach()
@@ -303,8 +307,10 @@ class PGDAttack:
         objective: str | Objective | None = None,
         logits_nat: Tensor | None = None,
         generator: torch.Generator | None = None,
+        check_range: bool = True,
     ) -> Tensor:
-        """Adversarial examples for ``(x, y)``; ``objective`` overrides the configured one."""
+        """Adversarial examples for ``(x, y)``; ``objective`` overrides the configured one
+        (``check_range``: see :func:`pgd`)."""
         context: AbstractContextManager[object] = (
             model_mode(model, training=False) if self.eval_mode else nullcontext()
         )
@@ -322,4 +328,5 @@ class PGDAttack:
                 restarts=self.restarts,
                 generator=generator,
                 logits_nat=logits_nat,
+                check_range=check_range,
             )

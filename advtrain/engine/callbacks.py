@@ -50,15 +50,26 @@ class _Averaged(Callback):
         self.initialised = False
 
     @torch.no_grad()
-    def _blend(self, model: nn.Module, keep: float) -> None:
-        """avg <- keep * avg + (1 - keep) * current for float tensors (BN stats too); ints are copied."""
+    def _blend(self, model: nn.Module, keep: float, applied: torch.Tensor | None = None) -> None:
+        """avg <- keep * avg + (1 - keep) * current for float tensors (BN stats too); ints are copied.
+
+        `applied` (a 0-d bool device tensor) makes the blend a no-op where false, without a host sync.
+        """
         src = model.state_dict()
+        weights: dict[torch.dtype, torch.Tensor] = {}
         for k, v in self.module.state_dict().items():
             s = src[k].detach()
-            if not self.initialised or not v.dtype.is_floating_point:
-                v.copy_(s)
+            if applied is None:
+                if not self.initialised or not v.dtype.is_floating_point:
+                    v.copy_(s)
+                else:
+                    v.lerp_(s.to(v.dtype), 1.0 - keep)
+            elif not self.initialised or not v.dtype.is_floating_point:
+                torch.where(applied, s.to(v.dtype), v, out=v)
             else:
-                v.lerp_(s.to(v.dtype), 1.0 - keep)
+                if v.dtype not in weights:
+                    weights[v.dtype] = applied.to(v.dtype) * (1.0 - keep)
+                v.lerp_(s.to(v.dtype), weights[v.dtype])
         self.initialised = True
 
     def averaged_model(self) -> nn.Module | None:
@@ -90,7 +101,7 @@ class ModelEMA(_Averaged):
 
     def after_update(self, loop: LoopState, batch: Batch) -> None:
         keep = self.decay if loop.epoch >= self.start_epoch else 0.0
-        self._blend(loop.unwrapped_model, keep)
+        self._blend(loop.unwrapped_model, keep, batch.applied)
 
 
 class EpochWeightAverage(_Averaged):
@@ -184,10 +195,7 @@ class AWP(Callback):
         self._applied = _AWPDiff(params, diffs)
 
     def after_update(self, loop: LoopState, batch: Batch) -> None:
-        self._restore()
-
-    def on_skipped_update(self, loop: LoopState, batch: Batch) -> None:
-        # No step was taken, but the weights still carry this batch's perturbation.
+        # Also for a dropped batch: the trainer has put the weights back to w + gamma * diff.
         self._restore()
 
     def _restore(self) -> None:

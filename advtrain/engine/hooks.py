@@ -7,9 +7,16 @@ the loop calls each hook on every callback and never asks which callback it is (
 attribute probing).
 
 Order per epoch: `on_epoch_start` -> per batch: attack -> `before_update` -> forward / loss /
-backward / optimiser step -> `after_update` (or, for a batch dropped as non-finite,
-`on_skipped_update`) -> `on_epoch_end` (before validation and the epoch checkpoint). A run resumed
-in the middle of an epoch calls `on_epoch_resume` instead of `on_epoch_start` for that epoch.
+backward / optimiser step -> `after_update` -> `on_epoch_end` (before validation and the epoch
+checkpoint). A run resumed in the middle of an epoch calls `on_epoch_resume` instead of
+`on_epoch_start` for that epoch.
+
+No host sync per step: `after_update` runs for every batch, also one whose update was dropped
+(non-finite loss or gradient). `batch.applied` is then a 0-d bool tensor on the device, false for
+a dropped batch; by then the trainer has already put the weights back as they were before the
+optimiser step (so AWP's perturbation is still on them and AWP removes it as usual). A callback
+that changes state per step makes that change conditional on `batch.applied` with tensor ops
+(`torch.where`, a weight multiplied by it), never with `if batch.applied:` (a device sync).
 """
 
 from __future__ import annotations
@@ -35,6 +42,9 @@ class Batch:
     x: torch.Tensor
     y: torch.Tensor
     x_adv: torch.Tensor | None = None
+    #: 0-d bool device tensor, set before `after_update`: whether this batch's update was applied.
+    #: None outside the trainer (then treat the update as applied).
+    applied: torch.Tensor | None = None
 
 
 class LoopState(Protocol):
@@ -78,11 +88,8 @@ class Callback:
         """After the attack, before the training forward pass of `batch`."""
 
     def after_update(self, loop: LoopState, batch: Batch) -> None:
-        """After the optimiser step of `batch`."""
-
-    def on_skipped_update(self, loop: LoopState, batch: Batch) -> None:
-        """`batch` was dropped without an optimiser step (non-finite loss or gradient): undo what
-        `before_update` changed (e.g. AWP's weight perturbation)."""
+        """After the optimiser step of `batch`, for every batch: where `batch.applied` is false the
+        step was dropped and the weights are as `before_update` left them (see the module notes)."""
 
     def on_epoch_end(self, loop: LoopState, epoch: int) -> None:
         """After the last batch of `epoch`, before validation and the epoch checkpoint."""

@@ -20,14 +20,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from advtrain.engine.guard import Interval, StepGuard
 from advtrain.engine.hooks import Batch, Callback
 from advtrain.engine.optim import LRSchedule, set_lr
-from advtrain.errors import ConfigError, NonFiniteLossError
+from advtrain.errors import ConfigError, DataError, NonFiniteLossError
 from advtrain.eval.evaluate import clean_correct, pgd_correct
 from advtrain.losses.base import RobustLoss
 from advtrain.utils import distributed as dist_utils
 from advtrain.utils.checkpoint import save_checkpoint, strip_prefixes
 from advtrain.utils.distributed import DistEnv
+from advtrain.utils.images import check_unit_range, likely_cause
 from advtrain.utils.logging import MetricsLogger
 from advtrain.utils.seed import rng_state, set_rng_state
 
@@ -67,11 +69,12 @@ class _EpochStats:
     skipped: int = 0
     seconds: float = 0.0
 
-    def add(self, metrics: dict[str, float], n: int) -> None:
-        for k, v in metrics.items():
+    def add(self, interval: Interval) -> None:
+        """Fold in the applied steps of an interval read from the device."""
+        for k, v in interval.sums.items():
             self.sums[k] = self.sums.get(k, 0.0) + v
-        self.count += 1
-        self.examples += n
+        self.count += interval.taken
+        self.examples += interval.examples
 
     def means(self) -> dict[str, float]:
         return {f"train_{k}": v / max(self.count, 1) for k, v in self.sums.items()}
@@ -165,6 +168,14 @@ class Trainer:
         self.step = 0
         self.best: dict[str, Any] = {"val_pgd_acc": -1.0, "epoch": 0}
         self._stats = _EpochStats()
+        self._guard = StepGuard(
+            device, mode=settings.nonfinite, max_skipped=settings.max_skipped_batches
+        )
+        # `step` counts every train_step call between two `settle()` calls; settle() corrects it to
+        # the updates actually applied (this is where the interval began).
+        self._settled_step = 0
+        self._inputs_checked = False
+        self._logged_step = self._saved_step = -1
 
     # ----------------------------------------------------------------- helpers
     def autocast(self) -> contextlib.AbstractContextManager:
@@ -208,18 +219,37 @@ class Trainer:
     # ----------------------------------------------------------------- one step
     def train_step(
         self, x: torch.Tensor, y: torch.Tensor, iteration: int
-    ) -> dict[str, float] | None:
-        """One adversarial step; returns its scalar metrics, or None if the batch was skipped (non-finite)."""
+    ) -> dict[str, torch.Tensor]:
+        """One adversarial step that reads nothing back from the device (no host sync).
+
+        Returns the step's metrics as 0-d device tensors. Whether its update is applied is decided on
+        the device (engine/guard.py): a step with a non-finite loss or gradient norm changes no weight,
+        optimiser state, weight average or loss state, and is reported (a warning under
+        `trainer.nonfinite=skip`, else NonFiniteLossError) by the next :meth:`settle`, which `fit` calls
+        at every step log, checkpoint and epoch end. `step` counts calls until then. The first call also
+        checks that the inputs are images in [0, 1] (one sync); later calls keep their range on the device.
+        """
         lr = self.lr_schedule(self.epoch, iteration)
         set_lr(self.optimizer, lr)
+        if not self._inputs_checked:
+            check_unit_range(x, "training inputs")
+            self._inputs_checked = True
+        else:
+            self._guard.watch_range(x)
         batch = Batch(x, y)
         objective = self._objective_override or self.loss.attack_objective()
         # Train mode before the attack: an attack with attack.eval_mode=false (Rice et al.'s PGD-AT) sees the
         # training model (BN batch statistics), also on the first step after a validation.
         self.model.train()
         with self.attack_autocast():
+            # The range of x is watched here, not by a sync inside every attack.
             batch.x_adv = self.attack(
-                self.attack_model, x, y, objective=objective, generator=self.attack_gen
+                self.attack_model,
+                x,
+                y,
+                objective=objective,
+                generator=self.attack_gen,
+                check_range=False,
             )
         for cb in self.callbacks:
             cb.before_update(self, batch)
@@ -231,32 +261,29 @@ class Trainer:
         logits_adv = logits_adv.float()
         if logits_nat is not None:
             logits_nat = logits_nat.float()
-        # The loss's running state (GKL's class weights) is fed only once the step is known to be taken.
+        # The loss's running state (GKL's class weights) is fed below, only where the step is applied.
         out = self.loss(logits_adv, logits_nat, y, update_state=False)
         loss = out.loss
         self.optimizer.zero_grad(set_to_none=True)
-        # All ranks agree before anyone calls backward: a rank that skipped it would hang the others' all-reduce.
-        finite = dist_utils.all_true(bool(torch.isfinite(loss)), self.device)
-        if finite:
-            loss.backward()
-            if self.settings.grad_clip:
-                gnorm = nn.utils.clip_grad_norm_(
-                    self.unwrapped_model.parameters(), self.settings.grad_clip
-                )
-            else:
-                gnorm = None
+        # Every rank runs backward (DDP's gradient all-reduce needs all of them); a bad step is undone below.
+        loss.backward()
+        finite = torch.isfinite(loss.detach())
+        if self.settings.grad_clip:
+            gnorm = nn.utils.clip_grad_norm_(
+                self.unwrapped_model.parameters(),
+                self.settings.grad_clip,
+                error_if_nonfinite=False,
+            )
             # Gradients are all-reduced by now, so every rank sees the same norm.
-            if gnorm is not None and not torch.isfinite(gnorm):
-                finite = False
-        if not finite:
-            self.optimizer.zero_grad(set_to_none=True)
-            for cb in self.callbacks:  # e.g. AWP removes its weight perturbation
-                cb.on_skipped_update(self, batch)
-            self._handle_nonfinite(out, lr)
-            return None
-        self.loss.update_state(logits_adv.detach(), _detach(logits_nat), y)
-        self.optimizer.step()
-        for cb in self.callbacks:
+            finite = finite & torch.isfinite(gnorm)
+        # A MIN all-reduce of the flag tensor: every rank applies or drops the step together.
+        finite = dist_utils.all_true_tensor(finite)
+        self._guard.configure(self.settings.nonfinite, self.settings.max_skipped_batches)
+        applied = self._guard.decide(finite, loss, out.metrics, lr)
+        batch.applied = applied
+        self._guard.masked_step(self.optimizer, applied)
+        self.loss.update_state(logits_adv.detach(), _detach(logits_nat), y, applied=applied)
+        for cb in self.callbacks:  # AWP removes its perturbation, the EMA blends where applied
             cb.after_update(self, batch)
         self.step += 1
         metrics = {"loss": loss.detach()}
@@ -264,13 +291,37 @@ class Trainer:
         metrics["adv_acc"] = (logits_adv.detach().argmax(1) == y).float().mean()
         if logits_nat is not None:
             metrics["nat_acc"] = (logits_nat.detach().argmax(1) == y).float().mean()
-        return {k: float(v) for k, v in metrics.items()}
+        self._guard.tally(metrics, len(y), applied)
+        return metrics
 
-    def _handle_nonfinite(self, out: Any, lr: float) -> None:
-        terms = ", ".join(f"{k}={float(v):.4g}" for k, v in out.metrics.items())
+    def settle(self) -> Interval | None:
+        """Read what the steps since the last call left on the device, in one transfer, and act on it.
+
+        Folds their metrics into the epoch's, sets `step` to the number of updates applied, logs each
+        skipped batch (`trainer.nonfinite=skip`) and raises NonFiniteLossError for a stopping one, or
+        DataError for inputs outside [0, 1]. Returns the interval read (None if no step ran).
+        """
+        interval = self._guard.read()
+        if interval is None:
+            return None
+        base = self._settled_step
+        self._stats.add(interval)
+        self.step = self._settled_step = base + interval.taken
+        lo, hi = interval.low, interval.high
+        if not (0.0 <= lo and hi <= 1.0) and not (lo == math.inf and hi == -math.inf):
+            raise DataError(
+                f"training inputs must be images in [0, 1], got values in [{lo:.4g}, {hi:.4g}]: "
+                f"{likely_cause(lo, hi)}"
+            )
+        for bad in interval.skipped:
+            self._report_nonfinite(bad, base)
+        return interval
+
+    def _report_nonfinite(self, bad: Any, base: int) -> None:
+        terms = ", ".join(f"{k}={v:.4g}" for k, v in bad.terms.items())
         msg = (
-            f"non-finite loss or gradient at epoch {self.epoch} step {self.step + 1} "
-            f"(loss={float(out.loss.detach()):.4g}; {terms}; lr={lr:.4g})"
+            f"non-finite loss or gradient at epoch {self.epoch} step {base + bad.taken_before + 1} "
+            f"(loss={bad.loss:.4g}; {terms}; lr={bad.lr:.4g})"
         )
         self._stats.skipped += 1
         if (
@@ -307,31 +358,30 @@ class Trainer:
 
     def train_epoch(self) -> dict[str, float]:
         t0 = time.perf_counter()
+        log_every = self.settings.log_every_steps if self.logger else 0
+        every = self.settings.checkpoint_every_steps
         for i, x, y in self._batches():
             x, y = self._to_device(x, y)
             metrics = self.train_step(x, y, i)
-            if metrics is not None:
-                self._stats.add(metrics, len(y))
+            # `step` counts steps until settle() corrects it to the updates applied: a multiple of an
+            # interval triggers a settle, and the line or checkpoint goes out if the corrected count
+            # still is one and its step was applied (not yet written for this count).
             # Step lines go out before the checkpoint of the same step, so a resumed run keeps exactly the
             # lines with step <= its checkpoint's step.
-            if (
-                self.settings.log_every_steps
-                and self.logger
-                and metrics is not None
-                and self.step % self.settings.log_every_steps == 0
-            ):
-                self.logger.log({"epoch": self.epoch, "step": self.step, **metrics})
-            every = self.settings.checkpoint_every_steps
-            if (
-                every
-                and self.step % every == 0
-                and self.step > 0
-                and i + 1 < len(self.loader)
-                and metrics
-            ):
-                self._stats.seconds += time.perf_counter() - t0
-                t0 = time.perf_counter()
-                self.save()
+            if log_every and self.step % log_every == 0:
+                self.settle()
+                if self.step % log_every == 0 and self.step != self._logged_step:
+                    self._logged_step = self.step
+                    values = torch.stack([v.detach().double() for v in metrics.values()])
+                    floats = dict(zip(metrics, values.cpu().tolist()))
+                    self.logger.log({"epoch": self.epoch, "step": self.step, **floats})  # type: ignore[union-attr]
+            if every and self.step % every == 0 and self.step > 0 and i + 1 < len(self.loader):
+                self.settle()
+                if self.step % every == 0 and self.step != self._saved_step:
+                    self._stats.seconds += time.perf_counter() - t0
+                    t0 = time.perf_counter()
+                    self.save()
+        self.settle()
         self._stats.seconds += time.perf_counter() - t0
         return self._epoch_summary()
 
@@ -404,7 +454,9 @@ class Trainer:
         `fit` calls it before an epoch's first batch; a caller driving `train_step` itself (the
         benchmarks) calls it once so the step runs with the epoch's attack budget and loss state.
         """
+        self.settle()
         self._stats = _EpochStats()
+        self._guard.new_epoch()
         for cb in self.callbacks:
             cb.on_epoch_start(self, self.epoch)
         self.loss.on_epoch_start(self.epoch)
@@ -549,6 +601,7 @@ class Trainer:
         self._stats = _EpochStats(
             dict(s["sums"]), s["count"], s["examples"], s["skipped"], s["seconds"]
         )
+        self._settled_step = self.step
         set_rng_state(ckpt["rng"])
         self.attack_gen.set_state(ckpt["rng"]["attack"].cpu())
         per_rank = ckpt.get("per_rank")
@@ -566,6 +619,7 @@ class Trainer:
                 self._stats = _EpochStats(seconds=self._stats.seconds)
         elif per_rank is not None:
             self._load_rank_state(per_rank[self.dist.rank])
+        self._guard.reset(skipped=self._stats.skipped)
         # Mid-epoch: what the epoch-start hooks set up that the checkpoint does not hold (the budget).
         if self.loader.state_dict()["batch_index"] > 0:
             for cb in self.callbacks:
@@ -592,6 +646,8 @@ class Trainer:
         Rotation keeps the newest `keep_last` checkpoints up to this step and never touches `last.pt`/`best.pt`
         (hard links: a deleted step file stays readable through them).
         """
+        self.settle()  # never save after an unreported non-finite step
+        self._saved_step = self.step
         payload = self.state_dict()
         if not self.is_main:
             return None

@@ -57,15 +57,26 @@ class RobustLoss(nn.Module):
         ``update_state=True`` also records the batch in the loss's running state (see
         :meth:`update_state`). ``update_state=False`` is for evaluations that must not count as
         training data (the AWP proxy step, a validation loss) and for callers that record the batch
-        themselves once they know it is used: the trainer calls :meth:`update_state` only after the
-        loss and the gradient turned out finite, so a skipped batch never feeds the state.
+        themselves once they know it is used: the trainer calls :meth:`update_state` with
+        ``applied``, the device-side flag of a finite loss and gradient, so a skipped batch never
+        feeds the state.
         """
         raise NotImplementedError
 
     def update_state(  # noqa: B027 - an optional hook, no-op by default
-        self, logits_adv: Tensor, logits_nat: Tensor | None, y: Tensor
+        self,
+        logits_adv: Tensor,
+        logits_nat: Tensor | None,
+        y: Tensor,
+        *,
+        applied: Tensor | None = None,
     ) -> None:
-        """Record a training batch in the running state (GKL's class-weight sums). Default: none."""
+        """Record a training batch in the running state (GKL's class-weight sums). Default: none.
+
+        ``applied``: a 0-d bool tensor; where it is false the batch must leave no trace. Use it in
+        tensor ops (``torch.where``, a mask): the trainer calls this every step and never reads the
+        flag on the host (a device sync). None means record the batch.
+        """
 
     def reset_running_state(self) -> None:  # noqa: B027 - an optional hook, no-op by default
         """Forget what :meth:`update_state` recorded in the epoch in progress; keep the state already

@@ -261,8 +261,10 @@ class ClassWeightTracker(nn.Module):
         return self.weights[y]
 
     @torch.no_grad()
-    def update(self, logits_nat: Tensor, y: Tensor) -> None:
+    def update(self, logits_nat: Tensor, y: Tensor, applied: Tensor | None = None) -> None:
         """Add ``softmax(logits_nat / T)`` (detached) to the rows of A picked by the labels.
+
+        ``applied`` (0-d bool tensor): add nothing where it is false, without a host sync.
 
         In two-view mode pass only the basic view, as the official code does. The batch sum is
         formed in float64 (not TF32, which a trainer may enable for float32 matmuls), except on
@@ -278,6 +280,8 @@ class ClassWeightTracker(nn.Module):
         # A non-finite row (a diverging step the trainer will skip) must not poison W for good;
         # it is dropped without a host sync.
         finite = torch.isfinite(probs).all(dim=1, keepdim=True)
+        if applied is not None:
+            finite = finite & applied
         probs = torch.where(finite, probs, torch.zeros_like(probs))
         onehot = F.one_hot(y, self.num_classes) * finite
         self.accumulator += (onehot.to(wide).T @ probs).to(self.accumulator.dtype)
@@ -404,6 +408,7 @@ class GKLLoss(RobustLoss):
             None if aug_weight is None else check_nonneg("aug_weight", aug_weight, owner)
         )
         self.tracker = ClassWeightTracker(num_classes, weight_temperature)
+        self._views_checked = False
 
     @property
     def weight_temperature(self) -> float:
@@ -460,13 +465,17 @@ class GKLLoss(RobustLoss):
             wmse, sce = self._terms(logits_adv, nat, prior, self.gamma, "mean")
         else:
             rows = y.shape[0]
-            # One host sync per step buys a clear error for a single-view loader with aug_weight.
-            if rows % 2 or not torch.equal(y[: rows // 2], y[rows // 2 :]):
+            # A host sync buys a clear error for a single-view loader with aug_weight: once per
+            # epoch (the first batch), so the steps after it stay free of syncs.
+            if rows % 2 or (
+                not self._views_checked and not torch.equal(y[: rows // 2], y[rows // 2 :])
+            ):
                 raise ConfigError(
                     f"{type(self).__name__}: aug_weight is set, so each batch must be "
                     "[basic view; autoaug view] with labels [y; y], but it is not; use a two-view "
                     "dataset or set loss.aug_weight=null"
                 )
+            self._views_checked = True
             half = rows // 2
             wmse_a, sce_a = self._terms(
                 logits_adv[:half], nat[:half], prior[:half], self.gamma, "mean"
@@ -489,15 +498,22 @@ class GKLLoss(RobustLoss):
         }
         return LossOutput(loss=loss, metrics=metrics)
 
-    def update_state(self, logits_adv: Tensor, logits_nat: Tensor | None, y: Tensor) -> None:
-        """Feed the natural logits of a training batch to the class-weight tracker.
+    def update_state(
+        self,
+        logits_adv: Tensor,
+        logits_nat: Tensor | None,
+        y: Tensor,
+        *,
+        applied: Tensor | None = None,
+    ) -> None:
+        """Feed the natural logits of a training batch to the class-weight tracker (where ``applied``).
 
         In two-view mode only the basic view (the first half of the rows) counts, as in the
         official code.
         """
         nat = require_natural(logits_nat, type(self).__name__)
         rows = y.shape[0] // 2 if self.aug_weight is not None else y.shape[0]
-        self.tracker.update(nat[:rows], y[:rows])
+        self.tracker.update(nat[:rows], y[:rows], applied)
 
     def attack_objective(self) -> Objective:
         """Per-sample ``attack_beta · wMSE_b + attack_alpha · softCE_b`` with ``attack_gamma``.
@@ -524,6 +540,10 @@ class GKLLoss(RobustLoss):
     def attack_needs_natural(self) -> bool:
         """The GKL objective compares the adversarial logits with the natural ones."""
         return True
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Check the two-view layout of the epoch's first batch again."""
+        self._views_checked = False
 
     def on_epoch_end(self, epoch: int) -> None:
         """Sum the tracker over ranks (if distributed) and publish this epoch's class matrix."""

@@ -262,6 +262,19 @@ def all_true(flag: bool, device: torch.device) -> bool:
     return bool(t.item())
 
 
+def all_true_tensor(flag: torch.Tensor) -> torch.Tensor:
+    """`flag` (a 0-d bool tensor) AND-ed over the ranks by a MIN all-reduce on the device; `flag` alone.
+
+    Never read on the host: the trainer's non-finite guard applies or drops a step on every rank
+    together without a device-to-host sync.
+    """
+    if not _active():
+        return flag
+    t = flag.to(torch.int32)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return t.bool()
+
+
 def all_reduce_sum(values: Sequence[float], device: torch.device) -> list[float]:
     """Element-wise sum over ranks of a short list of floats (float64; the list itself alone)."""
     if not _active():
