@@ -707,3 +707,51 @@ def test_mixed_datasets_get_separate_sections(tmp_path: Path) -> None:
     assert sorted(p.name for p in res.images) == sorted(
         f"s{i}_{f}.png" for i in (1, 2) for f in ("curves", "clean_vs_aa")
     )
+
+
+def test_masking_flags_rest_on_a_test_with_image_counts(tmp_path: Path) -> None:
+    """Older results.json files flagged masking from a raw gap; the report tests the counts."""
+    root = tmp_path / "runs"
+    runs = [_made_train(root, name) for name in ("a", "b", "c")]
+    stages = {"apgd-ce": 0.40, "apgd-t": 0.35, "fab-t": 0.35, "square": 104 / 300}
+    raw = (
+        "gradient masking suspected: the black-box Square attack lowered robust accuracy by 0.33 pp"
+    )
+    # a: Square broke 1 of 300 images (0.33% > the raw 0.2% threshold): an old file flagged it
+    _made_eval(
+        root, "eval_a", runs[0], kind="autoattack", n=300, clean=0.5, robust=104 / 300,
+        pgd=110 / 300, per_attack=stages, warnings=[raw], unreliable=True,
+    )  # fmt: skip
+    # b: PGD-20 robust on 180 of 300 images, AutoAttack on 90: at least 90 images only AA broke
+    _made_eval(root, "eval_b", runs[1], kind="autoattack", n=300, clean=0.7, robust=0.3, pgd=0.6)
+    # c: a new file records its test (7 of 32, from per-image flags); it is used as recorded
+    stored = {"name": "pgd_vs_autoattack", "k": 7, "n": 32, "tolerated_rate": 0.1,
+              "p_value": 0.1221, "alpha": 0.01, "significant": False}  # fmt: skip
+    _made_eval(
+        root, "eval_c", runs[2], kind="autoattack", n=32, clean=0.5, robust=0.25, pgd=0.5,
+        masking_tests=[stored],
+    )  # fmt: skip
+    res = write_report([root], tmp_path / "rep")
+    md = res.markdown.read_text()
+    flags = md[md.index("### Red flags") :]
+    line = {
+        n: next(x for x in flags.splitlines() if x.startswith(f"- runs/eval_{n}")) for n in "abc"
+    }
+    assert "**unreliable**" not in line["a"]
+    assert "no flag: Square (black-box) broke images the white-box attacks left robust: 1 of 300 " \
+           "images (0.33%), tolerated 0.2%: p = 0.45, not significant at 0.01" in line["a"]  # fmt: skip
+    assert "flagged gradient masking from a raw accuracy gap" in line["a"] and raw not in line["a"]
+    assert "recomputed from results.json" in line["a"]
+    assert line["b"].startswith("- runs/eval_b **unreliable**: **gradient masking flag**: ")
+    assert (
+        "AutoAttack broke images robust to its PGD-20 run: at least 90 of 300 images (30.00%)"
+        in line["b"]
+    )
+    assert "no flag: AutoAttack broke images robust to its PGD-20 run: 7 of 32 images" in line["c"]
+    assert "p = 0.12," in line["c"] and "recomputed" not in line["c"]  # recomputed: 8 of 32
+    evals = {r["evaluation"]: r["flags"] for r in _table(md, "### Evaluations")}
+    assert evals == {
+        "runs/eval_a": "none",
+        "runs/eval_b": "unreliable, 1 masking flag(s)",
+        "runs/eval_c": "none",
+    }

@@ -50,6 +50,7 @@ __all__ = [
     "build_sections",
     "differing_keys",
     "flatten",
+    "masking_lines",
     "pick_evals",
     "scores",
     "write_report",
@@ -720,7 +721,8 @@ def _stages(sec: Section, ctx: _Ctx) -> list[str]:
         "",
         "Accuracy in % before any attack and after each attack of the AutoAttack run (an image broken "
         "by one stage stays broken). PGD well above the last stage, or the black-box Square attack "
-        "breaking many images the gradient attacks missed, points at gradient masking.",
+        "breaking many images the gradient attacks missed, points at gradient masking; the red flags "
+        "below test whether the images behind such a gap are more than chance.",
         "",
         f"![AutoAttack stages]({path.name})",
         "",
@@ -736,9 +738,12 @@ def _evaluations(sec: Section) -> list[str]:
     names = short_names([e.path for e in sec.evals])
     for r in sec.rows:
         for ev in sorted(r.evals, key=lambda e: str(e.path)):
-            flags = "unreliable" if ev.unreliable else ""
-            if ev.warnings:
-                flags = (flags + ", " if flags else "") + f"{len(ev.warnings)} warning(s)"
+            parts = ["unreliable"] if ev.unreliable else []
+            if ev.masking_flags:
+                parts.append(f"{len(ev.masking_flags)} masking flag(s)")
+            if ev.other_warnings:
+                parts.append(f"{len(ev.other_warnings)} warning(s)")
+            flags = ", ".join(parts)
             rows.append(
                 [
                     cell(names[ev.path]),
@@ -758,7 +763,8 @@ def _evaluations(sec: Section) -> list[str]:
     return [
         "### Evaluations",
         "",
-        "Every evaluation in this section, as its results.json states it (accuracies in %).",
+        "Every evaluation in this section, as its results.json states it (accuracies in %); flags: "
+        "the significant masking tests and other warnings, detailed under Red flags.",
         "",
         *md_table(
             [
@@ -778,21 +784,62 @@ def _evaluations(sec: Section) -> list[str]:
     ]
 
 
+MASKING_TEST_NAMES = {
+    "square": "Square (black-box) broke images the white-box attacks left robust",
+    "pgd_vs_autoattack": "AutoAttack broke images robust to its PGD run",
+}
+
+
+def masking_lines(ev: EvalRun) -> list[str]:
+    """What the red flags say about one evaluation: each masking test with the images it rests on
+    (flag or not), its other warnings, and a raw-gap warning an older results.json carries."""
+    out = []
+    for t in ev.masking_tests:
+        what = MASKING_TEST_NAMES.get(t.name, t.name)
+        if t.name == "pgd_vs_autoattack" and ev.pgd is not None:
+            what = what.replace("its PGD run", f"its {ev.pgd.get('name') or 'PGD'} run")
+        # from two accuracies, k is the fewest images consistent with them (Square's is exact)
+        least = "at least " if ev.masking_recomputed and t.name == "pgd_vs_autoattack" else ""
+        if t.significant:
+            out.append(f"**gradient masking flag**: {what}: {least}{t.describe()} < {t.alpha:g}")
+        elif t.k > 0:
+            out.append(f"no flag: {what}: {least}{t.describe()}, not significant at {t.alpha:g}")
+    if out and ev.masking_recomputed:
+        out.append("(tests recomputed from results.json's accuracies on its images)")
+    if ev.raw_masking_warnings and not ev.masking_flags:
+        out.append(
+            f"its results.json ({len(ev.raw_masking_warnings)} warning(s)) flagged gradient masking "
+            "from a raw accuracy gap, before advtrain tested it; the test above does not support "
+            "the flag"
+        )
+    return out + ev.other_warnings
+
+
 def _red_flags(sec: Section) -> list[str]:
     names = short_names([e.path for e in sec.evals]) if sec.evals else {}
-    lines = ["### Red flags", ""]
-    flagged = [ev for ev in sec.evals if ev.unreliable or ev.warnings]
+    lines = [
+        "### Red flags",
+        "",
+        "A gradient-masking flag rests on a test, not a raw gap: of the n images an AutoAttack "
+        "evaluation attacked, k were broken only by the stronger attack, and a one-sided exact "
+        "binomial test asks whether k exceeds the tolerated share (10% for PGD vs AutoAttack, "
+        "AutoAttack's own 0.2% for Square) at p < 0.01. Tests with k > 0 are listed even when they "
+        "do not flag.",
+        "",
+    ]
     if not sec.evals:
         return lines + ["No evaluation in this section.", ""]
-    if not flagged:
+    items = [(ev, masking_lines(ev)) for ev in sec.evals]
+    items = [(ev, ls) for ev, ls in items if ls or ev.unreliable]
+    if not items:
         return lines + [
-            "None: no evaluation in this section reported a warning or was marked unreliable.",
+            "None: no evaluation in this section has a warning, a masking test with an image only "
+            "the stronger attack broke, or an unreliable mark.",
             "",
         ]
-    for ev in flagged:
-        what = "; ".join(ev.warnings) or "marked unreliable"
+    for ev, ls in items:
         mark = " **unreliable**" if ev.unreliable else ""
-        lines.append(f"- {names[ev.path]}{mark}: {what}")
+        lines.append(f"- {names[ev.path]}{mark}: " + "; ".join(ls or ["marked unreliable"]))
     return lines + [""]
 
 

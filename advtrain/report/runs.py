@@ -110,6 +110,7 @@ class EvalRun:
     results: dict[str, Any]
     _flags: list[bool] | None = field(default=None, repr=False)
     _flags_read: bool = field(default=False, repr=False)
+    _tests: list[Any] | None = field(default=None, repr=False)
 
     @property
     def dataset(self) -> str:
@@ -177,8 +178,56 @@ class EvalRun:
         return [str(w) for w in self.results.get("warnings") or []]
 
     @property
+    def masking_recomputed(self) -> bool:
+        """True when results.json predates the masking tests, so the report recomputes them."""
+        return not isinstance(self.results.get("masking_tests"), list)
+
+    @property
+    def masking_tests(self) -> list[Any]:
+        """The gradient-masking tests (`advtrain.eval.checks.MaskingTest`) of an AutoAttack run.
+
+        Each tests k of n images broken only by the stronger attack (Square after the white-box
+        attacks; AutoAttack after PGD) against a tolerated share, exactly (one-sided binomial). A
+        results.json written since the tests exist records them with their counts; for an older
+        one they are recomputed from its numbers, all on its own `n_examples` images: the accuracy
+        after each AutoAttack stage (exact counts from AutoAttack's log) and its own PGD run (the
+        smallest count consistent with the two accuracies, so a recomputed test errs towards no flag).
+        """
+        if self._tests is None:
+            self._tests = _masking_tests(self)
+        return self._tests
+
+    @property
+    def masking_flags(self) -> list[Any]:
+        """The significant masking tests: the only gradient-masking flags the report raises."""
+        return [t for t in self.masking_tests if t.significant]
+
+    @property
+    def other_warnings(self) -> list[str]:
+        """results.json's warnings except the gradient-masking ones (which the tests replace)."""
+        return [w for w in self.warnings if not w.startswith(MASKING_WARNING)]
+
+    @property
+    def raw_masking_warnings(self) -> list[str]:
+        """Masking warnings an older advtrain wrote from a raw accuracy gap, without a test."""
+        return (
+            [w for w in self.warnings if w.startswith(MASKING_WARNING)]
+            if (self.masking_recomputed)
+            else []
+        )
+
+    @property
     def unreliable(self) -> bool:
-        return bool(self.results.get("unreliable"))
+        """Marked unreliable: a significant masking test, or a randomised defence.
+
+        A results.json with recorded tests is taken as written; an older one's flag, which a raw
+        gap could set, is recomputed from the tests.
+        """
+        if not self.masking_recomputed:
+            return bool(self.results.get("unreliable"))
+        return bool(self.masking_flags) or any(
+            "randomized defense" in w or "dynamic defense" in w for w in self.warnings
+        )
 
     @property
     def checkpoint_sha256(self) -> str | None:
@@ -210,6 +259,45 @@ class EvalRun:
             self._flags_read = True
             self._flags = _read_flags(self.path / "per_example.pt")
         return self._flags
+
+
+MASKING_WARNING = "gradient masking suspected"  # how eval's masking warnings begin
+
+
+def _masking_tests(ev: EvalRun) -> list[Any]:
+    from advtrain.eval.checks import MaskingTest, masking_tests
+
+    stored = ev.results.get("masking_tests")
+    if isinstance(stored, list):
+        out = []
+        for t in stored:
+            try:
+                out.append(
+                    MaskingTest(
+                        str(t["name"]),
+                        int(t["k"]),
+                        int(t["n"]),
+                        float(t["tolerated_rate"]),
+                        float(t["p_value"]),
+                        float(t["alpha"]),
+                    )
+                )
+            except (KeyError, TypeError, ValueError):
+                continue
+        return out
+    if not ev.is_autoattack or ev.robust_acc is None:
+        return []
+    try:
+        n = ev.n_examples
+    except (KeyError, TypeError, ValueError):
+        return []
+    pgd = ev.pgd
+    return masking_tests(
+        n_examples=n,
+        aa_robust_acc=ev.robust_acc,
+        pgd_robust_acc=None if pgd is None else float(pgd["acc"]),
+        per_attack=ev.per_attack or None,
+    )
 
 
 def _read_flags(path: Path) -> list[bool] | None:

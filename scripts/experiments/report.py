@@ -533,14 +533,28 @@ def write_report(runs_dir: Path, out_dir: Path) -> Path:
                 f"{len(ps)} seed(s); mean exceeds the seed spread: {paired_verdict(ps)}; "
                 f"McNemar p < 0.05 on {len(sig)} of {len(ps)} seed(s)."
             )
-    flagged = [
-        (r, k, res) for r in runs for k, res in r.evals.items() if res.unreliable or res.warnings
-    ]
-    for r, k, res in flagged:
+    tested = [res for r in runs for res in r.evals.values() if res.masking_tests]
+    if tested:
+        n_flag = sum(bool(res.masking_flags) for res in tested)
+        recomputed = sum(res.masking_recomputed for res in tested)
         L.append(
-            f"- Evaluation warning ({r.method} seed {r.seed}, {eval_label.get(k, k)}): "
-            + "; ".join(res.warnings or ["marked unreliable"])
+            f"- Gradient-masking tests (images broken only by AutoAttack after its PGD run, or only "
+            f"by Square; one-sided exact binomial test against a 10% / 0.2% tolerated share, p < "
+            f"0.01): {n_flag} of {len(tested)} evaluation(s) flagged"
+            + (f" ({recomputed} recomputed from results.json's accuracies)" if recomputed else "")
+            + "; the command's report (all_runs) lists each test with its image counts."
         )
+    for r in runs:
+        for k, res in r.evals.items():
+            what = [
+                f"gradient masking flag: {t.name}, {t.describe()} < {t.alpha:g}"
+                for t in res.masking_flags
+            ] + res.other_warnings
+            if what or res.unreliable:
+                L.append(
+                    f"- Evaluation warning ({r.method} seed {r.seed}, {eval_label.get(k, k)}): "
+                    + "; ".join(what or ["marked unreliable"])
+                )
     if "gkl" in method_label:
         L.append(
             "- Caveat on the GKL recipe: its eps ramp eps_t = eps · t/E reaches the full eps only at "
@@ -588,7 +602,10 @@ def write_report(runs_dir: Path, out_dir: Path) -> Path:
                 "eval_flags": {
                     k: {
                         "unreliable": res.unreliable,
-                        "warnings": res.warnings,
+                        "warnings": res.other_warnings,
+                        "masking_tests": [t.to_dict() for t in res.masking_tests],
+                        "masking_tests_recomputed": res.masking_recomputed
+                        and bool(res.masking_tests),
                     }
                     for k, res in r.evals.items()
                 },
