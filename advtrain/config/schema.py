@@ -162,6 +162,7 @@ class DataConfig:
     )
     two_view: bool = MISSING
     cutout: int = spec(at_least(0))
+    augment_on: str = spec(one_of("auto", "cpu", "device"))  # where batches are augmented (#15)
 
     @staticmethod
     def check_together(out: dict[str, Any], path: str) -> None:

@@ -24,11 +24,25 @@ from advtrain.data.autoaugment import autoaugment_cifar10
 from advtrain.data.autoaugment import cutout as apply_cutout
 from advtrain.data.datasets import DatasetInfo, get_info, load_arrays
 from advtrain.data.synthetic import AuxDataset
-from advtrain.data.transforms import PAD_MODES, random_crop_flip, to_float
+from advtrain.data.transforms import (
+    PAD_MODES,
+    apply_crop_flip,
+    draw_crop_flip,
+    random_crop_flip,
+    to_float,
+)
 from advtrain.errors import CheckpointError, ConfigError, DataError
 from advtrain.utils.images import likely_cause
 
-__all__ = ["Datasets", "TrainLoader", "iterate_batches", "make_datasets", "train_val_split"]
+__all__ = [
+    "AUGMENT_ON",
+    "Datasets",
+    "TrainLoader",
+    "iterate_batches",
+    "make_datasets",
+    "resolve_augment_on",
+    "train_val_split",
+]
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +51,29 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 # view must not change a single draw of the basic view.
 _EPOCH_STREAM, _BATCH_STREAM, _VIEW2_STREAM = 0, 1, 2
 _AUTOAUG_FILL = 128  # grey for pixels uncovered by rotate/shear/translate, as in the GKL recipe
+
+
+#: Where `TrainLoader` augments (`data.augment_on`): auto = on the device when it is a GPU.
+AUGMENT_ON = ("auto", "cpu", "device")
+
+
+def resolve_augment_on(augment_on: str, device: torch.device) -> str:
+    """``"cpu"`` or ``"device"`` for ``data.augment_on`` and the device batches go to."""
+    if augment_on not in AUGMENT_ON:
+        raise ConfigError(f"data.augment_on={augment_on!r}: use one of {', '.join(AUGMENT_ON)}")
+    if augment_on == "auto":
+        return "device" if device.type == "cuda" else "cpu"
+    return augment_on
+
+
+def _send(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`t` on `device`; a CPU tensor bound for a GPU goes through pinned memory without blocking
+    (a pageable copy would make PyTorch wait for the whole stream: a host sync per batch)."""
+    if t.device == device:
+        return t
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
 
 
 def derive_seed(*parts: int) -> int:
@@ -108,8 +145,19 @@ class TrainLoader:
       ``set_epoch(e)`` with ``e`` equal to the current epoch keeps the position, so a trainer may call
       ``set_epoch(epoch)`` at the top of every epoch even right after resuming mid-epoch.
 
-    Batches are produced on ``device`` (default: where ``images_u8`` lives); with a CUDA device the
-    uint8 batch is moved before the float conversion, moving 4x fewer bytes.
+    Batches are delivered on ``device`` (default: where ``images_u8`` lives). ``augment_on``
+    (``data.augment_on``) says where they are made:
+
+    * ``"cpu"``: gathered, augmented and converted to float on the CPU, then sent to ``device``;
+    * ``"device"``: the uint8 batch and its crop/flip draws (made on the CPU from the same
+      generators) are sent through pinned memory without blocking, and crop + flip + the float
+      conversion run there as batch tensor ops: 4x fewer bytes to copy and no per-batch CPU work
+      but the gather. The AutoAugment view of ``two_view`` stays on the CPU (its torchvision ops
+      take Python parameters per group of images, and every such small tensor sent to a GPU would
+      block; on the CPU it overlaps with the GPU's work) and is sent as uint8 with the basic view;
+    * ``"auto"`` (default): ``"device"`` when ``device`` is a GPU, else ``"cpu"``.
+
+    Both give the same batches bit for bit (integer gathers from the same draws).
     """
 
     def __init__(
@@ -131,6 +179,7 @@ class TrainLoader:
         device: torch.device | str | None = None,
         two_view: bool = False,
         cutout: int = 0,
+        augment_on: str = "auto",
     ) -> None:
         _check_pair(images_u8, labels, "TrainLoader")
         self.two_view = bool(two_view)
@@ -171,6 +220,7 @@ class TrainLoader:
         self.flip = bool(flip)
         self.drop_last = bool(drop_last)
         self.device = torch.device(device) if device is not None else images_u8.device
+        self.augment_on = resolve_augment_on(augment_on, self.device)
         self.aux = aux if aux_fraction > 0 else None
         self.aux_fraction = float(aux_fraction)
         self.num_aux = round(self.batch_size * self.aux_fraction) if self.aux is not None else 0
@@ -279,18 +329,37 @@ class TrainLoader:
             ax, ay = self.aux.get(aux_idx[index])  # type: ignore[union-attr]
             x = torch.cat([x, ax.to(x.device)])
             y = torch.cat([y, ay.to(y.device)])
-        # Move the uint8 batch first: 4x fewer bytes than float, and on a GPU the augmentation
-        # gather runs there (random draws stay on the CPU generator, so results do not depend on it).
-        x = x.to(self.device)
+        if self.augment_on == "device":
+            return self._on_device(x, y, epoch, index)
         raw = x
         if self.augment:
             gen = _generator(derive_seed(_BATCH_STREAM, self.seed, epoch, index, self.rank))
             x = random_crop_flip(
                 x, padding=self.padding, flip=self.flip, generator=gen, pad_mode=self.pad_mode
             )
-        y = y.to(self.device)
         if self.two_view:
             x = torch.cat([x, self._second_view(raw, epoch, index)])
+            y = torch.cat([y, y])
+        return _send(to_float(x), self.device), _send(y, self.device)
+
+    def _on_device(self, x: torch.Tensor, y: torch.Tensor, epoch: int, index: int) -> Batch:
+        """The device path: uint8 batch and draws sent without blocking, crop/flip/float there."""
+        view2 = self._second_view(x, epoch, index) if self.two_view else None
+        dev = self.device
+        x, y = _send(x, dev), _send(y, dev)
+        if self.augment:
+            gen = _generator(derive_seed(_BATCH_STREAM, self.seed, epoch, index, self.rank))
+            draw = draw_crop_flip(
+                int(x.shape[0]), padding=self.padding, flip=self.flip, generator=gen
+            )
+            sent = type(draw)(
+                _send(draw.off_y, dev),
+                _send(draw.off_x, dev),
+                None if draw.flips is None else _send(draw.flips, dev),
+            )
+            x = apply_crop_flip(x, sent, padding=self.padding, pad_mode=self.pad_mode)
+        if view2 is not None:
+            x = torch.cat([x, _send(view2, dev)])
             y = torch.cat([y, y])
         return to_float(x), y
 

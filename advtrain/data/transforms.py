@@ -8,10 +8,19 @@ draws come from an explicit ``torch.Generator``, so a batch is reproducible from
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
-__all__ = ["PAD_MODES", "random_crop_flip", "to_float"]
+__all__ = [
+    "PAD_MODES",
+    "CropFlipDraw",
+    "apply_crop_flip",
+    "draw_crop_flip",
+    "random_crop_flip",
+    "to_float",
+]
 
 
 def _check_uint8_batch(x: torch.Tensor, what: str) -> None:
@@ -41,6 +50,73 @@ def _pad(x: torch.Tensor, padding: int, mode: str) -> torch.Tensor:
     return x.index_select(2, rows).index_select(3, cols)
 
 
+@dataclass(frozen=True)
+class CropFlipDraw:
+    """The random decisions of :func:`random_crop_flip` for one batch: ``off_y``, ``off_x`` (B,)
+    int64 crop offsets in ``[0, 2 * padding]`` and ``flips`` (B,) bool (None without flipping)."""
+
+    off_y: torch.Tensor
+    off_x: torch.Tensor
+    flips: torch.Tensor | None
+
+    def to(self, device: torch.device, *, non_blocking: bool = False) -> CropFlipDraw:
+        """The same draw on `device` (the decisions are data, so they move bit for bit)."""
+
+        def move(t: torch.Tensor) -> torch.Tensor:
+            return t.to(device, non_blocking=non_blocking)
+
+        flips = None if self.flips is None else move(self.flips)
+        return CropFlipDraw(move(self.off_y), move(self.off_x), flips)
+
+
+def draw_crop_flip(
+    batch_size: int, *, padding: int = 4, flip: bool = True, generator: torch.Generator
+) -> CropFlipDraw:
+    """Draw a batch's crop offsets and flips from ``generator``, on the generator's device.
+
+    In this order: row offsets (B,), column offsets (B,), then (if ``flip``) flip uniforms (B,),
+    a flip where the uniform is ``< 0.5``: the draws :func:`random_crop_flip` makes.
+    """
+    if padding < 0:
+        raise ValueError(f"padding must be >= 0, got {padding}")
+    gdev = generator.device
+    span = 2 * padding + 1
+    off_y = torch.randint(0, span, (batch_size,), generator=generator, device=gdev)
+    off_x = torch.randint(0, span, (batch_size,), generator=generator, device=gdev)
+    flips = torch.rand(batch_size, generator=generator, device=gdev) < 0.5 if flip else None
+    return CropFlipDraw(off_y, off_x, flips)
+
+
+def apply_crop_flip(
+    x: torch.Tensor, draw: CropFlipDraw, *, padding: int = 4, pad_mode: str = "zeros"
+) -> torch.Tensor:
+    """Crop and flip the uint8 batch ``x`` as ``draw`` says, with batch tensor ops on ``x``'s device.
+
+    One advanced-indexing gather from the padded batch: a flip is just reversed column indices, so
+    cropping and flipping cost the same single pass. Integer gathers, so the result is the same bit
+    for bit on every device. ``draw`` must be on ``x``'s device (:meth:`CropFlipDraw.to`).
+    """
+    _check_uint8_batch(x, "apply_crop_flip")
+    if pad_mode not in PAD_MODES:
+        raise ValueError(f"pad_mode={pad_mode!r}: use one of {', '.join(PAD_MODES)}")
+    b, c, h, w = x.shape
+    if draw.off_y.shape != (b,):
+        raise ValueError(f"the draw is for {draw.off_y.shape[0]} images but x has {b}")
+    if padding == 0 and draw.flips is None:
+        return x.clone()
+    padded = _pad(x, padding, pad_mode) if padding else x
+    rows = draw.off_y[:, None] + torch.arange(h, device=x.device)  # (B, H)
+    cols = torch.arange(w, device=x.device).expand(b, w)  # (B, W)
+    if draw.flips is not None:
+        cols = torch.where(draw.flips[:, None], cols.flip(1), cols)
+    cols = draw.off_x[:, None] + cols
+    # Flat gather over (H+2p)*(W+2p) positions per image: index (B, 1, H, W) broadcast over channels.
+    wp = w + 2 * padding
+    flat_idx = (rows[:, :, None] * wp + cols[:, None, :]).view(b, 1, h * w).expand(b, c, h * w)
+    out = padded.reshape(b, c, -1).gather(2, flat_idx)
+    return out.view(b, c, h, w)
+
+
 def random_crop_flip(
     x: torch.Tensor,
     *,
@@ -58,35 +134,15 @@ def random_crop_flip(
     Every sample gets its own offset in ``[0, 2 * padding]`` along each axis and (if ``flip``) a fair
     coin for a horizontal flip. Random draws, in this order, from ``generator`` (on its own device,
     then moved to ``x``'s): row offsets (B,), column offsets (B,), flips (B,). Same generator state and
-    input -> same output. ``padding=0, flip=False`` is the identity.
-
-    Implemented as one advanced-indexing gather from the padded batch: a flip is just reversed
-    column indices, so cropping and flipping cost the same single pass.
+    input -> same output. ``padding=0, flip=False`` is the identity. This is
+    :func:`draw_crop_flip` followed by :func:`apply_crop_flip`, the two halves the loader's device
+    path runs on different devices.
     """
     _check_uint8_batch(x, "random_crop_flip")
-    if padding < 0:
-        raise ValueError(f"padding must be >= 0, got {padding}")
     if pad_mode not in PAD_MODES:
         raise ValueError(f"pad_mode={pad_mode!r}: use one of {', '.join(PAD_MODES)}")
-    b, c, h, w = x.shape
-    gdev = generator.device
-    span = 2 * padding + 1
-    off_y = torch.randint(0, span, (b,), generator=generator, device=gdev).to(x.device)
-    off_x = torch.randint(0, span, (b,), generator=generator, device=gdev).to(x.device)
-    if padding == 0 and not flip:
-        return x.clone()
-    padded = _pad(x, padding, pad_mode) if padding else x
-    rows = off_y[:, None] + torch.arange(h, device=x.device)  # (B, H)
-    cols = torch.arange(w, device=x.device).expand(b, w)  # (B, W)
-    if flip:
-        flips = torch.rand(b, generator=generator, device=gdev).to(x.device) < 0.5
-        cols = torch.where(flips[:, None], cols.flip(1), cols)
-    cols = off_x[:, None] + cols
-    # Flat gather over (H+2p)*(W+2p) positions per image: index (B, 1, H, W) broadcast over channels.
-    wp = w + 2 * padding
-    flat_idx = (rows[:, :, None] * wp + cols[:, None, :]).view(b, 1, h * w).expand(b, c, h * w)
-    out = padded.reshape(b, c, -1).gather(2, flat_idx)
-    return out.view(b, c, h, w)
+    draw = draw_crop_flip(int(x.shape[0]), padding=padding, flip=flip, generator=generator)
+    return apply_crop_flip(x, draw.to(x.device), padding=padding, pad_mode=pad_mode)
 
 
 def to_float(x: torch.Tensor) -> torch.Tensor:

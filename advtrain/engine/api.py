@@ -203,6 +203,9 @@ def _train(cfg: dict[str, Any], env: DistEnv, device: torch.device) -> TrainResu
         cutout=int(d.get("cutout") or 0),
         rank=env.rank,
         world_size=env.world_size,
+        # Batches delivered on the training device; auto crops/flips there on a GPU (#15).
+        device=device,
+        augment_on=str(d.get("augment_on") or "auto"),
     )
     if data.info.num_classes != _num_outputs(model, data):
         raise DataError("the model's number of outputs does not match the dataset's classes")
