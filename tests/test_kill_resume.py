@@ -135,7 +135,7 @@ def test_resume_auto_skips_truncated_newest_and_recreates_it(
         f"data.root={data_dir}",
         "trainer.epochs=1",
         "trainer.test_examples=0",
-        "trainer.val_examples=0",
+        "data.val_size=0",
         "trainer.checkpoint_every_steps=1",
         "trainer.keep_last=4",
         "trainer.deterministic=true",
@@ -204,7 +204,7 @@ def test_nonfinite_stop_keeps_last_good_checkpoint_untouched(
     extra = [
         f"data.root={data_dir}",
         "trainer.test_examples=0",
-        "trainer.val_examples=0",
+        "data.val_size=0",
         "trainer.checkpoint_every_steps=1",
         "trainer.keep_last=10",
     ]
@@ -236,7 +236,7 @@ def test_nonfinite_skip_counts_and_limits(
         f"data.root={data_dir}",
         "trainer.test_examples=0",
         "trainer.nonfinite=skip",
-        "trainer.val_examples=0",
+        "data.val_size=0",
     ]
     result = advtrain.train(compose_plain(["+exp=smoke", *LIGHT, *extra], run_dir=tmp_path / "a"))
     records = [r for r in read_metrics(tmp_path / "a") if not r.get("final")]

@@ -103,6 +103,15 @@ def at_least_or_null(minimum: int) -> Check:
     return lambda key, v: V.int_at_least(key, v, minimum, allow_none=True)
 
 
+def _at_least_hint(key: str, value: Any, minimum: int, hint: str) -> int:
+    try:
+        result = V.int_at_least(key, value, minimum)
+    except ConfigError as e:
+        raise ConfigError(f"{e}{hint}") from None
+    assert result is not None
+    return result
+
+
 def positive_number(key: str, value: Any) -> float:
     return V.positive(key, value)
 
@@ -179,7 +188,11 @@ class OptimConfig:
 
     name: str = MISSING
     lr: float = spec(positive_number)
-    momentum: float = spec(non_negative)
+    momentum: float = spec(
+        lambda key, v: V.probability(
+            key, v, below_one=True, hint="SGD momentum, 0.9 in every recipe"
+        )
+    )
     nesterov: bool = MISSING
     weight_decay: float = spec(non_negative)
     schedule: str = MISSING
@@ -214,7 +227,11 @@ class TrainerConfig:
     awp_gamma: float | None = spec(non_negative)
     awp_warmup_epochs: int = spec(at_least(0))
     eval_every: int = spec(at_least(1))
-    val_examples: int = spec(at_least(0))
+    val_examples: int = spec(
+        lambda key, v: _at_least_hint(
+            key, v, 1, " (to train without validation, hold out no images: data.val_size=0)"
+        )
+    )
     val_pgd_steps: int = spec(at_least(1))
     test_examples: int = spec(at_least(0))
     test_pgd_steps: int = spec(at_least(1))
