@@ -43,16 +43,23 @@ class MetricsLogger:
                 raise ConfigError(
                     "logger=wandb but the wandb package is not installed: `pip install wandb` or use logger=jsonl"
                 ) from None
-            self._wandb = wandb.init(
-                project=wandb_cfg.get("project", "advtrain"),
-                entity=wandb_cfg.get("entity"),
-                name=wandb_cfg.get("name"),
-                group=wandb_cfg.get("group"),
-                mode=wandb_cfg.get("mode"),
-                dir=str(run_dir),
-                config=config,
-                reinit=True,
-            )
+            try:
+                self._wandb = wandb.init(
+                    project=wandb_cfg.get("project", "advtrain"),
+                    entity=wandb_cfg.get("entity"),
+                    name=wandb_cfg.get("name"),
+                    group=wandb_cfg.get("group"),
+                    mode=wandb_cfg.get("mode"),
+                    dir=str(run_dir),
+                    config=config,
+                    reinit=True,
+                )
+            except wandb.errors.Error as e:  # no API key, no network, a bad entity: the user's setup
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise ConfigError(
+                    f"logger=wandb could not start a run ({first}); log in with `wandb login` (or "
+                    "set WANDB_API_KEY), use logger.mode=offline, or use logger=jsonl"
+                ) from None
 
     def log(self, record: dict[str, Any]) -> None:
         if not self.enabled:
