@@ -243,7 +243,7 @@ def _entry(
         )
     unreliable = meta.get("unreliable")
     if unreliable is None:
-        unreliable = bool(results.get("unreliable"))
+        unreliable = masking_evidence(results)
     arch = architecture_name(loaded.model_config or {"name": loaded.name})
     info = build_model_info(
         results, meta, dataset=loaded.dataset, architecture=arch, unreliable=bool(unreliable)
@@ -252,6 +252,33 @@ def _entry(
     if errs:
         raise ExportError("the leaderboard entry would be invalid: " + "; ".join(errs))
     return info
+
+
+def masking_evidence(results: Mapping[str, Any]) -> bool:
+    """Whether an evaluation's numbers give evidence of gradient masking (the `unreliable` flag).
+
+    results.json of this version records the tests its flag rests on (`masking_tests`, see
+    advtrain.eval.checks.masking_test); for an older file without them the same tests are run on
+    its accuracies and image count, so a raw gap on a few images never becomes a red flag. A
+    randomised defence (AutoAttack's own warning) is flagged as before.
+    """
+    from advtrain.eval.checks import masking_tests
+
+    warnings = results.get("warnings") or []
+    randomised = any("randomized defense" in w or "dynamic defense" in w for w in warnings)
+    tests = results.get("masking_tests")
+    if tests is not None:
+        return randomised or any(bool(t.get("significant")) for t in tests)
+    n = results.get("n_examples")
+    if not isinstance(n, int) or n < 1:
+        return randomised or bool(results.get("unreliable"))
+    found = masking_tests(
+        n_examples=n,
+        aa_robust_acc=results.get("robust_acc") if results.get("kind") == "autoattack" else None,
+        pgd_robust_acc=(results.get("pgd") or {}).get("acc"),
+        per_attack=results.get("per_attack_robust_acc"),
+    )
+    return randomised or any(t.significant for t in found)
 
 
 def _load_like_robustbench(path: Path, constructor: Callable[[], nn.Module]) -> nn.Module:

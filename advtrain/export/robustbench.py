@@ -468,6 +468,16 @@ def submission_text(
     )
     if results.get("warnings"):
         method += "; red flags: " + " | ".join(results["warnings"])
+    tests = results.get("masking_tests") or []
+    if tests:
+        method += (
+            "; gradient-masking tests (one-sided exact binomial, advtrain.eval.checks): "
+            + ", ".join(
+                f"{t['name']}: {t['k']} of {t['n']} images, p = {t['p_value']:.2g}"
+                + (" (significant)" if t.get("significant") else "")
+                for t in tests
+            )
+        )
     clean = info.get("clean_acc")
     robust = info.get("autoattack_acc")
     return "\n".join(
