@@ -283,7 +283,9 @@ class ClassWeightTracker(nn.Module):
         if applied is not None:
             finite = finite & applied
         probs = torch.where(finite, probs, torch.zeros_like(probs))
-        onehot = F.one_hot(y, self.num_classes) * finite
+        # A comparison, not F.one_hot: on the CPU one_hot reads min and max of y back to check them.
+        classes = torch.arange(self.num_classes, device=y.device)
+        onehot = (y[:, None] == classes).to(torch.int64) * finite
         self.accumulator += (onehot.to(wide).T @ probs).to(self.accumulator.dtype)
         self.counts += onehot.sum(dim=0)
 
