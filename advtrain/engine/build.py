@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from advtrain.engine.fastpath import FastPaths, resolve_fast_paths
+from advtrain.engine.fastpath import FastPaths, configure_cudnn, resolve_fast_paths
 from advtrain.engine.hooks import Callback
 from advtrain.engine.trainer import EvalSet, Trainer
 from advtrain.errors import ConfigError
@@ -153,6 +153,7 @@ def assemble_trainer(
     env = env or DistEnv()
     t = cfg["trainer"]
     fast = fast or resolve_fast_paths(t, device)
+    configure_cudnn(fast, device)  # cuDNN autotuning on CUDA unless trainer.deterministic
     fmt = torch.channels_last if fast.channels_last else torch.contiguous_format
     model = model.to(device, memory_format=fmt)
     if t.get("sync_bn") and env.is_distributed:
