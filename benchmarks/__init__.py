@@ -31,6 +31,7 @@ BENCHMARKS: dict[str, str] = {
     "eval": "benchmarks.eval_autoattack",
     "scaling": "benchmarks.scaling",
     "attack_precision": "benchmarks.attack_precision",
+    "gpu_step": "benchmarks.gpu_step",
 }
 
 #: The test oracles some benchmarks time us against (the official loop re-implemented).

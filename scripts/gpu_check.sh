@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
-# GPU check on a lent H100: GKL-AT and TRADES with PreActResNet-18 for a few epochs (bf16 autocast +
-# channels_last), then AutoAttack standard on 1,000 CIFAR-10 test images; images/s, wall times and
-# accuracies go to $OUT (else results/gpu/). See docs/studies.md, "GPU check".
+# GPU check on one H100/H200: GKL-AT and TRADES with PreActResNet-18 for a few epochs (bf16 autocast +
+# channels_last, batches augmented on the GPU, no host sync per step), then AutoAttack standard on 1,000
+# CIFAR-10 test images; images/s, wall times and accuracies go to $OUT (else results/gpu/). See
+# docs/studies.md, "GPU check". The step-level figures (images/s per loss, model and precision, sync and
+# data shares, memory, the official loop side by side) come from scripts/bench_gpu.sh.
 #
-#   1. here (this machine, with the venv):   scripts/gpu_check.sh prepare
+#   1. on a machine with the data (ADVTRAIN_DATA_DIR) and the venv:   scripts/gpu_check.sh prepare
 #      copies the first 10,000 + 512 CIFAR-10 training images and the first 1,000 test images into
-#      .gpu_data/ (about 36 MB; added to .git/info/exclude), plus the pure-Python packages the device
-#      image lacks (hydra-core, omegaconf, antlr4, pyautoattack) from the venv into .gpu_data/site.
-#   2. on the device machine (the `run` tool, carry [".gpu_data"], timeout_s 600):
+#      .gpu_data/ (about 36 MB; git-ignored), plus the pure-Python packages a bare PyTorch machine may lack
+#      (hydra-core, omegaconf, antlr4, pyautoattack) from the venv into .gpu_data/site.
+#   2. copy the working tree with .gpu_data/ to the GPU machine and run, from the tree's root:
 #      bash scripts/gpu_check.sh run
 #      expected to take 3-5 minutes on one H100 (not yet measured); each of the 4 steps has its own
-#      time limit (STEP_TIMEOUT, 135 s), so the whole script stays under the 600 s the tool allows.
+#      time limit (STEP_TIMEOUT, 135 s), so the whole script stays under 10 minutes.
 #
 # Knobs (environment; the defaults are the H100 check, small values give the CPU dry run):
 #   GPU_DATA=.gpu_data N_TRAIN=10000 N_VAL=512 N_TEST=1000   (prepare)
@@ -104,7 +106,8 @@ run() {
     local common=(model=preact_resnet18 "model.width=$MODEL_WIDTH" "data.root=$GPU_DATA"
         "data.val_size=$N_VAL" "trainer.epochs=$EPOCHS" "trainer.autocast=$AUTOCAST"
         "trainer.channels_last=$CHANNELS_LAST" "device=$DEVICE" trainer.eval_every=1
-        "trainer.val_examples=$N_VAL" trainer.test_examples=0 trainer.progress=false)
+        "trainer.val_examples=$N_VAL" trainer.test_examples=0 trainer.progress=false
+        data.augment_on=auto)
     local method rc
     for method in trades gkl; do
         local extra=()
