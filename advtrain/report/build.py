@@ -553,9 +553,10 @@ def _curves(sec: Section, ctx: _Ctx) -> list[str]:
     color, seed_ix = _colors(sec)
     group_of = {id(r.run): r.group for r in sec.rows if r.run is not None}
     names = {id(r.run): r.name for r in sec.rows if r.run is not None}
+    several = len(set(group_of.values())) > 1  # then the legend says which group a line is
     lines = [
         plots.Line(
-            names[id(run)],
+            f"{names[id(run)]} ({group_of[id(run)]})" if several else names[id(run)],
             run.epochs,
             color[group_of[id(run)]],
             plots.LINESTYLES[seed_ix.get(run.seed, 0) % len(plots.LINESTYLES)],
