@@ -755,3 +755,30 @@ def test_masking_flags_rest_on_a_test_with_image_counts(tmp_path: Path) -> None:
         "runs/eval_b": "unreliable, 1 masking flag(s)",
         "runs/eval_c": "none",
     }
+
+
+def test_matplotlib_is_a_runtime_dependency() -> None:
+    """In the installed package's requirements without an extra (not a dev-only dependency)."""
+    from importlib.metadata import requires
+
+    reqs = requires("advtrain") or []
+    assert any(re.match(r"matplotlib\b", r) and "extra ==" not in r for r in reqs), reqs
+
+
+def test_report_draws_headless_whatever_backend_the_user_set(tmp_path: Path) -> None:
+    """No display and a GUI backend in MPLBACKEND (a desktop user's setting): still Agg, PNGs."""
+    run = _made_train(tmp_path / "runs", "a")
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    env["MPLBACKEND"] = "TkAgg"
+    code = (
+        "import sys; from advtrain.report import write_report; "
+        "r = write_report([sys.argv[1]], sys.argv[2]); print(*sorted(p.name for p in r.images))"
+    )
+    proc = _ok(
+        subprocess.run(
+            [sys.executable, "-c", code, str(run), str(tmp_path / "out")],
+            env=env, capture_output=True, text=True, timeout=300,
+        )
+    )  # fmt: skip
+    assert proc.stdout.split() == ["curves.png"]
+    assert (tmp_path / "out" / "curves.png").read_bytes()[:8] == PNG
