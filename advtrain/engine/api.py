@@ -28,14 +28,15 @@ from typing import Any
 import torch
 
 from advtrain.config import validate_config
+from advtrain.engine import signals
 from advtrain.engine.build import (
     assemble_trainer,
     build_attack,
     build_loss,
 )
 from advtrain.engine.fastpath import resolve_fast_paths
-from advtrain.engine.resume import apply_resume, load_resume, on_rank0
-from advtrain.engine.trainer import EvalSet
+from advtrain.engine.resume import apply_resume, finished_run, load_resume, on_rank0
+from advtrain.engine.trainer import EvalSet, Trainer
 from advtrain.errors import ConfigError, DataError
 from advtrain.models.loading import model_from_config
 from advtrain.utils import distributed as dist_utils
@@ -65,6 +66,9 @@ class TrainResult:
     global_batch_size: int
     per_rank_batch_size: int
     metrics: dict[str, Any] = field(default_factory=dict)
+    #: True when `resume` found the run already finished and nothing was trained or written
+    #: (`metrics` are then its final.json, as it was).
+    already_finished: bool = False
 
     @property
     def last_checkpoint(self) -> Path:
@@ -158,8 +162,6 @@ def _train(cfg: dict[str, Any], env: DistEnv, device: torch.device) -> TrainResu
     t, d = cfg["trainer"], cfg["data"]
     seed_everything(int(cfg["seed"]), deterministic=bool(t.get("deterministic", False)))
     fast = resolve_fast_paths(t, device)
-    if env.is_main:
-        log.info("%s", fast.describe())
     global_batch = int(d["batch_size"])
     per_rank = dist_utils.per_rank_batch_size(global_batch, env.world_size)
     if env.is_distributed and env.is_main:
@@ -179,6 +181,23 @@ def _train(cfg: dict[str, Any], env: DistEnv, device: torch.device) -> TrainResu
     loss = build_loss(cfg)
     attack, schedule = build_attack(cfg)
     resume = load_resume(cfg, run_dir, env, model)
+    if resume is not None:
+        record = on_rank0(env, lambda: finished_run(cfg, run_dir, *resume))
+        if record is not None:  # nothing to train: the run's files stay exactly as they are
+            return TrainResult(
+                run_dir=run_dir,
+                epochs=int(record["epoch"]),
+                step=int(record.get("step", resume[1].get("step", 0))),
+                world_size=int(record.get("world_size", env.world_size)),
+                global_batch_size=int(record.get("global_batch_size", global_batch)),
+                per_rank_batch_size=int(record.get("per_rank_batch_size", per_rank)),
+                metrics={
+                    k: v
+                    for k, v in record.items()
+                    if k not in ("world_size", "global_batch_size", "per_rank_batch_size")
+                },
+                already_finished=True,
+            )
 
     from advtrain.data import AuxDataset, TrainLoader, make_datasets
 
@@ -209,6 +228,22 @@ def _train(cfg: dict[str, Any], env: DistEnv, device: torch.device) -> TrainResu
     )
     if data.info.num_classes != _num_outputs(model, data):
         raise DataError("the model's number of outputs does not match the dataset's classes")
+    if env.is_main:
+        log.info(
+            "training %s on %s: %s (%s parameters), %d train images (%s), %d steps per epoch x %d "
+            "epochs, global batch %d; run directory %s; %s",
+            cfg.get("name", "run"),
+            device,
+            cfg["model"]["name"],
+            f"{sum(p.numel() for p in model.parameters()):,}",
+            len(data.train_labels),
+            d["name"],
+            len(loader),
+            int(t["epochs"]),
+            global_batch,
+            run_dir,
+            fast.describe(),
+        )
     logger = MetricsLogger(
         run_dir, enabled=env.is_main, wandb_cfg=_wandb_settings(cfg, run_dir, env), config=cfg
     )
@@ -223,7 +258,7 @@ def _train(cfg: dict[str, Any], env: DistEnv, device: torch.device) -> TrainResu
             steps_per_epoch=len(loader),
             run_dir=run_dir,
             env=env,
-            train_loader=loader,
+            train_loader=signals.StoppableLoader(loader),  # SIGINT/SIGTERM stop between steps
             val_set=EvalSet(data.val_images, data.val_labels),
             test_set=EvalSet(data.test_images, data.test_labels),
             logger=logger,
@@ -233,7 +268,11 @@ def _train(cfg: dict[str, Any], env: DistEnv, device: torch.device) -> TrainResu
             apply_resume(trainer, *resume, run_dir, env)
         if env.is_main:
             (run_dir / "config.json").write_text(json.dumps(cfg, indent=2))
-        metrics = trainer.fit()
+        try:
+            metrics = trainer.fit()
+        except signals.Interrupted as stop:
+            _note_stop(stop, trainer, run_dir, env)
+            raise
     finally:
         logger.close()
     result = TrainResult(
@@ -248,6 +287,36 @@ def _train(cfg: dict[str, Any], env: DistEnv, device: torch.device) -> TrainResu
     if env.is_main:
         (run_dir / "final.json").write_text(json.dumps(result.to_dict(), indent=2))
     return result
+
+
+def _note_stop(stop: signals.Interrupted, trainer: Trainer, run_dir: Path, env: DistEnv) -> None:
+    """Record where a signal stopped the run and which checkpoint continues it.
+
+    At a step boundary (`stop.deferred`) the state is that of a mid-epoch checkpoint: it is saved
+    unless the newest checkpoint already holds this step. Anywhere else (the epoch's end, the
+    final test) the last checkpoint written stays the one to resume from.
+    """
+    ckdir = run_dir / "checkpoints"
+    newest = max(ckdir.glob("step_*.pt"), default=None) if ckdir.is_dir() else None
+    newest_step = int(newest.stem.split("_")[1]) if newest is not None else -1
+    if stop.deferred and trainer.step > newest_step and not env.is_distributed:
+        stop.checkpoint = trainer.save()
+        stop.saved = stop.checkpoint is not None
+        stop.where = f"at epoch {trainer.epoch}, step {trainer.step} (a step boundary)"
+        return
+    last = run_dir / "last.pt"
+    stop.checkpoint = last if last.is_file() else None
+    if stop.deferred:
+        stop.where = (
+            f"at epoch {trainer.epoch}, step {trainer.step} (a step boundary, already saved)"
+        )
+    else:
+        stop.where = (
+            f"at epoch {trainer.epoch} after step {trainer.step}, outside the batch loop "
+            "(validation, checkpoint or test)"
+        )
+        if newest_step >= 0:
+            stop.where += f"; the newest checkpoint holds step {newest_step}"
 
 
 def _wandb_settings(cfg: dict[str, Any], run_dir: Path, env: DistEnv) -> dict[str, Any] | None:

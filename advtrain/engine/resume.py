@@ -27,6 +27,7 @@ from advtrain.utils.distributed import DistEnv
 __all__ = [
     "apply_resume",
     "check_resume_compatible",
+    "finished_run",
     "latest_checkpoint",
     "load_resume",
     "on_rank0",
@@ -117,6 +118,51 @@ def load_resume(
     return path, ckpt
 
 
+def finished_run(
+    cfg: dict[str, Any], run_dir: Path, path: Path, ckpt: dict[str, Any]
+) -> dict[str, Any] | None:
+    """The record of a finished run that this resume would only repeat, or None to continue.
+
+    A run is finished when its run directory has final.json (written after the test pass of its
+    last epoch, which it names) and the checkpoint holds the step final.json ends at (when that
+    checkpoint was lost, resume=auto finds an older one and re-trains the rest). Re-running it with the same or fewer `trainer.epochs` would
+    repeat the test pass and rewrite final.json and config.json: instead the caller reports it
+    and touches nothing. More epochs continue the run (announced, with the schedule recomputed).
+    A change of `trainer.epochs` on any resume is announced; fewer epochs than a checkpoint has
+    already trained are refused.
+    """
+    old = int(((ckpt.get("config") or {}).get("trainer") or {}).get("epochs", 0) or 0)
+    new = int(cfg["trainer"]["epochs"])
+    trained = int(ckpt.get("epoch", 1)) - 1
+    final = run_dir / "final.json"
+    record = _read_json(final)
+    if (
+        record is not None
+        and isinstance(record.get("epoch"), int)
+        and new <= record["epoch"]
+        # the checkpoint is the run's end state (a torn final checkpoint is re-trained instead)
+        and int(ckpt.get("step", -1)) >= int(record.get("step", 0))
+    ):
+        return record
+    if new < trained:
+        raise CheckpointError(
+            f"trainer.epochs={new} but {path} has already trained {trained} epochs; resume with "
+            f"trainer.epochs={trained} or more (epochs can grow on resume, not shrink)"
+        )
+    if old and new != old:
+        what = "continuing the finished run" if final.is_file() else "resuming"
+        log.info(
+            "trainer.epochs %d -> %d: %s from epoch %d; the lr schedule (and any eps ramp) is "
+            "recomputed for %d epoch(s)",
+            old,
+            new,
+            what,
+            trained + 1,
+            new,
+        )
+    return None
+
+
 def apply_resume(
     trainer: Trainer, path: Path, ckpt: dict[str, Any], run_dir: Path, env: DistEnv
 ) -> None:
@@ -139,7 +185,8 @@ def _tidy_for_resume(run_dir: Path, step: int) -> None:
       `*.pt.abandoned`, so neither the rotation nor a later `resume=auto` mistakes them for the newest state.
     - our own temporary files from a write that was killed midway (`.step_*.tmp`, `.last.pt.tmp`) are removed.
     - `metrics.jsonl` keeps only the lines with step <= `step` (the killed attempt's later lines are re-logged
-      by this one); the original is kept as `metrics.jsonl.before_resume_<step>`.
+      by this one); the original is kept as `metrics.jsonl.before_resume_<step>` (`.1`, `.2`, ... when a
+      backup of that step exists already: an earlier backup is never overwritten).
     """
     ckdir = run_dir / "checkpoints"
     for p in sorted(ckdir.glob("step_*.pt")):
@@ -168,11 +215,28 @@ def _tidy_for_resume(run_dir: Path, step: int) -> None:
             if int(rec.get("step", 0)) <= step and not rec.get("final"):
                 keep.append(line)
         if len(keep) != len(lines):
-            backup = metrics.with_name(f"metrics.jsonl.before_resume_{step}")
+            backup = _free_name(metrics.with_name(f"metrics.jsonl.before_resume_{step}"))
             os.replace(metrics, backup)
             tmp = metrics.with_name(".metrics.jsonl.tmp")
             tmp.write_text("".join(f"{line}\n" for line in keep))
             os.replace(tmp, metrics)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _free_name(path: Path) -> Path:
+    """`path`, or `path.1`, `path.2`, ...: the first name not taken (a backup never overwrites one)."""
+    candidate, n = path, 0
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.name}.{n}")
+    return candidate
 
 
 def check_resume_compatible(ckpt_cfg: dict[str, Any], cfg: dict[str, Any]) -> None:
