@@ -23,7 +23,11 @@ COMMANDS = ("train", "eval", "export", "bench", "report")
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help", "help"):
+    if not argv:  # no command: a mistake, not a request for help (scripts must not pass)
+        print("error: no command given\n", file=sys.stderr)
+        print(USAGE, file=sys.stderr)
+        return 2
+    if argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return 0
     command, rest = argv[0], argv[1:]
@@ -31,9 +35,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown command {command!r}\n", file=sys.stderr)
         print(USAGE, file=sys.stderr)
         return 2
-    from advtrain import cli
+    try:
+        from advtrain import cli
 
-    return cli.run(command, rest)
+        return cli.run(command, rest)
+    except KeyboardInterrupt:  # Ctrl-C before the command's own handler was installed (imports)
+        print(
+            "interrupted by SIGINT before the command started; nothing was written", file=sys.stderr
+        )
+        return 130
 
 
 if __name__ == "__main__":

@@ -33,7 +33,9 @@ def _state_dir(cfg: dict[str, Any], run_dir: Path, world_size: int) -> str | Pat
 
 def run_eval(cfg: dict[str, Any]) -> dict[str, Any]:
     """Evaluate the model `cfg` names; returns (and on rank 0 writes) results.json's dict."""
+    from advtrain.cli import given_on_command_line
     from advtrain.config import validate_eval
+    from advtrain.engine.signals import Interrupted
     from advtrain.eval.api import EvalData, EvalSpec, evaluate
     from advtrain.models.loading import ModelSource, load_model
     from advtrain.utils.distributed import init_distributed
@@ -45,10 +47,27 @@ def run_eval(cfg: dict[str, Any]) -> dict[str, Any]:
     env, device, _ = init_distributed(str(cfg.get("device") or "auto"))
     if spec.kind == "autoattack":
         spec = replace(spec, state_dir=_state_dir(cfg, run_dir, env.world_size))
-    loaded = load_model(ModelSource.from_config(cfg), norm=spec.norm)
+    source = ModelSource.from_config(cfg)
+    if given_on_command_line("data", "data.name") is False:
+        # configs/eval.yaml's default data=cifar10 is no request: a checkpoint's own dataset is
+        # used without a note, and the note stays for a data= the user typed.
+        source = replace(source, dataset=None)
+    loaded = load_model(source, norm=spec.norm)
     root = (cfg.get("data") or {}).get("root")
     data = EvalData.test_split(loaded.dataset, root, cfg.get("n_examples"))
-    result = evaluate(loaded, data, spec, device=device)
+    try:
+        result = evaluate(loaded, data, spec, device=device)
+    except Interrupted as stop:
+        if spec.kind == "autoattack" and spec.state_dir is not None:
+            stop.where = (
+                f"during the evaluation; finished AutoAttack shards are kept in {spec.state_dir} "
+                "and are reused by the same command"
+            )
+        else:
+            stop.where = (
+                "during the evaluation; nothing was written (results.json comes at the end)"
+            )
+        raise
     result.wall_time_s = time.perf_counter() - started  # the whole command, loading included
     if not env.is_main:
         return result.to_dict(run_dir)

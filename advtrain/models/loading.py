@@ -73,13 +73,14 @@ class ModelSource:
     """What to load: exactly one of an advtrain checkpoint, a plain state dict plus its architecture
     (`model`, a model config group such as `{"name": "wrn34_10"}`), or a RobustBench model id.
 
-    `dataset` is the data set of a plain state dict or a RobustBench model (an advtrain checkpoint
-    brings its own). `use_ema=None` means: the EMA weights when the checkpoint holds them.
+    `dataset` is the data set of a plain state dict or a RobustBench model (None: cifar10); an
+    advtrain checkpoint brings its own, and a `dataset` given for one that disagrees is noted (the
+    checkpoint's wins). `use_ema=None` means: the EMA weights when the checkpoint holds them.
     """
 
     ckpt: str | os.PathLike[str] | None = None
     model: Mapping[str, Any] | None = None
-    dataset: str = "cifar10"
+    dataset: str | None = None
     use_ema: bool | None = None
     robustbench_name: str | None = None
     robustbench_model_dir: str | os.PathLike[str] = "./models"
@@ -96,6 +97,11 @@ class ModelSource:
                 "nothing to evaluate: set ckpt=PATH (advtrain checkpoint), model=NAME ckpt=PATH "
                 "(plain state dict) or robustbench.name=ID"
             )
+
+    @property
+    def data_name(self) -> str:
+        """The data set of a plain state dict or a RobustBench model (cifar10 unless given)."""
+        return self.dataset or "cifar10"
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> ModelSource:
@@ -155,11 +161,11 @@ def _state_dict_model(source: ModelSource, path: Path) -> LoadedModel:
     assert source.model is not None
     mcfg = dict(source.model)
     sha = file_sha256(path)
-    model = model_from_config({"model": mcfg, "data": {"name": source.dataset}})
+    model = model_from_config({"model": mcfg, "data": {"name": source.data_name}})
     load_model_state(model, load_state_dict_file(path))
     return LoadedModel(
         model=model.eval(),
-        dataset=source.dataset,
+        dataset=source.data_name,
         source="state_dict",
         name=str(mcfg["name"]),
         model_config=mcfg,
@@ -189,7 +195,7 @@ def _advtrain_model(source: ModelSource, path: Path) -> LoadedModel:
     load_model_state(model, ema if use_ema else data["model"])
     dataset = config["data"]["name"]
     notes = []
-    if source.dataset != dataset:
+    if source.dataset is not None and source.dataset != dataset:
         notes.append(
             f"evaluated on the checkpoint's dataset {dataset} (data={source.dataset} ignored)"
         )
@@ -258,7 +264,7 @@ def _robustbench_model(source: ModelSource, norm: str) -> LoadedModel:
 
     from advtrain.utils.hashing import files_sha256
 
-    name, dataset = str(source.robustbench_name), source.dataset
+    name, dataset = str(source.robustbench_name), source.data_name
     threat = source.robustbench_threat_model or norm
     files = _robustbench_files(source, dataset, threat)
     try:
