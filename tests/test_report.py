@@ -784,3 +784,80 @@ def test_report_draws_headless_whatever_backend_the_user_set(tmp_path: Path) -> 
     )  # fmt: skip
     assert proc.stdout.split() == ["agg", "curves.png"]
     assert (tmp_path / "out" / "curves.png").read_bytes()[:8] == PNG
+
+
+def _study_modules() -> tuple[object, object, object]:
+    """scripts/experiments' common, report and study B (not a package; imported by path)."""
+    import importlib.util
+
+    exp = REPO / "scripts" / "experiments"
+    if str(exp) not in sys.path:
+        sys.path.insert(0, str(exp))
+    mods = []
+    for name in ("common", "report", "study_b_fashion_mnist"):
+        if name not in sys.modules:
+            spec = importlib.util.spec_from_file_location(name, exp / f"{name}.py")
+            mod = importlib.util.module_from_spec(spec)
+            sys.modules[name] = mod
+            spec.loader.exec_module(mod)
+        mods.append(sys.modules[name])
+    return tuple(mods)
+
+
+def test_study_report_gap_and_masking_flags_from_the_autoattack_runs(tmp_path: Path) -> None:
+    """Study B ran PGD-20 on 1,000 images and AutoAttack on 300: the study's gap is AutoAttack's
+    own PGD-20 minus AutoAttack on the 300, and its masking flags are the tests' verdicts."""
+    common, study_report, study_b = _study_modules()
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    pipes = common.plan(study_b.STUDY, runs, Path("/data"), threads=1)
+    common.write_plan(study_b.STUDY, pipes, runs, jobs=1, threads=1)
+    for i, p in enumerate(pipes):
+        p.train.run_dir.mkdir(parents=True)
+        cfg = {"name": p.method.exp, "seed": p.seed, "data": {"name": "fashion_mnist"},
+               "loss": {"name": p.method.slug}, "attack": {"norm": "Linf", "eps": 0.1}}  # fmt: skip
+        (p.train.run_dir / "config.json").write_text(json.dumps(cfg))
+        (p.train.run_dir / "metrics.jsonl").write_text(
+            json.dumps({"epoch": 1, "lr": 0.1, "val_clean_acc": 0.7, "val_pgd_acc": 0.5}) + "\n"
+        )
+        (p.train.run_dir / "final.json").write_text("{}")
+        # the 1,000-image PGD-20 run is 5 points below AutoAttack's own PGD-20 on its 300 images
+        aa_pgd, aa = 0.60, (0.45 if i == 0 else 0.57)  # run 0: 45 of 300 only AutoAttack broke
+        stages = {"apgd-ce": aa + 2 / 300, "apgd-t": aa + 1 / 300, "fab-t": aa + 1 / 300,
+                  "square": aa}  # Square broke 1 image: no flag on 300  # fmt: skip
+        for key, job in p.evals:
+            job.run_dir.mkdir(parents=True)
+            res = {
+                "kind": "autoattack" if key == "aa" else "pgd",
+                "n_examples": 300 if key == "aa" else 1000,
+                "clean_acc": 0.8,
+                "robust_acc": aa if key == "aa" else aa_pgd - 0.05,
+                "pgd": {"name": "PGD-20", "acc": aa_pgd if key == "aa" else aa_pgd - 0.05},
+                "per_attack_robust_acc": stages if key == "aa" else None,
+                "warnings": [],
+            }
+            (job.run_dir / "results.json").write_text(json.dumps(res))
+    readme = study_report.write_report(runs, out).read_text()
+    gap = next(x for x in readme.splitlines() if "minus AutoAttack" in x)
+    assert "on the same 300 test images" in gap, gap
+    first = pipes[0].method.label
+    # (15 + 3) / 2 over its two seeds, 3 for the others; not 55 - 45 and 55 - 57 (the 1,000-image
+    # PGD-20 run against AutoAttack's 300 images)
+    assert f"{first} 9.0, " in gap and gap.count(" 3.0") == 3, gap
+    masking = next(x for x in readme.splitlines() if x.startswith("- Gradient-masking tests"))
+    assert f"1 of {len(pipes)} evaluation(s) flagged ({len(pipes)} recomputed" in masking
+    (flag,) = [x for x in readme.splitlines() if "gradient masking flag" in x]
+    assert f"({first} seed {pipes[0].seed}, AutoAttack)" in flag
+    assert "pgd_vs_autoattack, at least 45 of 300 images (15.00%), tolerated 10%: p = 0.0" in flag
+    # 9 of 300 (3%) on the other runs and Square's single image everywhere: no flag
+    summary = json.loads((out / "summary.json").read_text())
+    (row,) = [
+        r
+        for r in summary["runs"]
+        if (r["slug"], r["seed"]) == (pipes[0].method.slug, pipes[0].seed)
+    ]
+    assert row["pgd_minus_aa_same_images"]["n"] == 300
+    assert row["pgd_minus_aa_same_images"]["gap"] == pytest.approx(0.15)
+    assert [t["name"] for t in row["eval_flags"]["aa"]["masking_tests"]] == [
+        "square",
+        "pgd_vs_autoattack",
+    ]

@@ -304,6 +304,12 @@ def plot_per_class(
 # ------------------------------------------------------------------------------------------------
 
 
+def _least(ev: EvalRun, test: Any) -> str:
+    """ "at least " when a PGD-vs-AutoAttack count was recomputed from two accuracies (the fewest
+    images consistent with them; the per-image count may be larger)."""
+    return "at least " if ev.masking_recomputed and test.name == "pgd_vs_autoattack" else ""
+
+
 def _all_runs_report(runs_dir: Path, out: Path, title: str) -> Path | None:
     """The command's report of every run in the study (None if there is no run to show yet)."""
     try:
@@ -547,7 +553,7 @@ def write_report(runs_dir: Path, out_dir: Path) -> Path:
     for r in runs:
         for k, res in r.evals.items():
             what = [
-                f"gradient masking flag: {t.name}, {t.describe()} < {t.alpha:g}"
+                f"gradient masking flag: {t.name}, {_least(res, t)}{t.describe()} < {t.alpha:g}"
                 for t in res.masking_flags
             ] + res.other_warnings
             if what or res.unreliable:
