@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -221,7 +222,7 @@ def _prepare(command: str, overrides: list[str]) -> list[str]:
     * in a sweep (`-m`), `run_dir=PATH` names the sweep's folder (`hydra.sweep.dir=PATH`; each job
       writes to a subfolder of it): a single run_dir for all jobs would mix their files.
     """
-    out = list(overrides)
+    out = [_fraction_budget(a) for a in overrides]
     if any(a in ("--cfg", "-c") for a in out) and "--resolve" not in out:
         out.append("--resolve")
     if _is_sweep(out):
@@ -237,6 +238,19 @@ def _prepare(command: str, overrides: list[str]) -> list[str]:
             out.remove(arg)
             out.append(f"hydra.sweep.dir={value}")
     return out
+
+
+_FRACTION = re.compile(r"\s*\d+(\.\d*)?\s*/\s*\d+(\.\d*)?\s*")
+_BUDGET_KEYS = ("eps", "step_size")
+
+
+def _fraction_budget(arg: str) -> str:
+    """`attack.eps=8/255` as `attack.eps=${frac:8/255}`: the budget a user types becomes a number
+    in the composed config (and in `--cfg job`), not the string "8/255"."""
+    key, sep, value = arg.partition("=")
+    if sep and key.rsplit(".", 1)[-1] in _BUDGET_KEYS and _FRACTION.fullmatch(value):
+        return f"{key}=${{frac:{value.replace(' ', '')}}}"
+    return arg
 
 
 def _unwritable(e: BaseException) -> OSError | None:

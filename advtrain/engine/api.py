@@ -275,6 +275,8 @@ def _train(cfg: dict[str, Any], env: DistEnv, device: torch.device) -> TrainResu
             raise
     finally:
         logger.close()
+    if "epoch" not in metrics:  # resumed after the last epoch (stopped in the test pass): say which
+        metrics = {"epoch": trainer.epoch - 1, "step": trainer.step, **metrics}
     result = TrainResult(
         run_dir=run_dir,
         epochs=trainer.epoch - 1,
@@ -296,6 +298,8 @@ def _note_stop(stop: signals.Interrupted, trainer: Trainer, run_dir: Path, env: 
     unless the newest checkpoint already holds this step. Anywhere else (the epoch's end, the
     final test) the last checkpoint written stays the one to resume from.
     """
+    if stop.deferred:
+        trainer.settle()  # the step count of the updates applied (the step itself is sync-free)
     ckdir = run_dir / "checkpoints"
     newest = max(ckdir.glob("step_*.pt"), default=None) if ckdir.is_dir() else None
     newest_step = int(newest.stem.split("_")[1]) if newest is not None else -1
