@@ -28,7 +28,7 @@ import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -463,8 +463,17 @@ def customise(study: Study, args: argparse.Namespace) -> Study:
     )
 
 
-def run_study(study: Study, argv: Sequence[str] | None = None) -> int:
-    """Entry point of a study driver; returns the process exit code (1 if any job failed)."""
+def run_study(
+    study: Study,
+    argv: Sequence[str] | None = None,
+    *,
+    write_report: Callable[[Path, Path], Path] | None = None,
+) -> int:
+    """Entry point of a study driver; returns the process exit code (1 if any job failed).
+
+    `write_report(runs_dir, out)` draws the study's report (report.py's); it is passed in by the driver
+    rather than imported here because report.py reads this module's plan and timing helpers.
+    """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     args = parse_args(study, argv)
     study = customise(study, args)
@@ -489,9 +498,7 @@ def run_study(study: Study, argv: Sequence[str] | None = None) -> int:
         for r in records:
             print(f"{r.pipeline:<16} {r.job:<14} {r.status:<8} {r.seconds:8.0f} s")
         failed = any(r.status in ("failed", "blocked") for r in records)
-    if not (args.no_report or args.dry_run):
-        from report import write_report
-
+    if write_report is not None and not (args.no_report or args.dry_run):
         readme = write_report(runs_dir, args.out)
         print(f"report: {readme}")
     return 1 if failed else 0

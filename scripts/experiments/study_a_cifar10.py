@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from common import EvalSpec, Method, Study, run_study
+from report import write_report
 
 SCALING = """
 CIFAR-10 (real data), L∞ eps 8/255. The three methods share the model, data, epochs and attack steps;
@@ -62,7 +63,7 @@ STUDY = Study(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run (or resume) the study and write its report; the exit code is 1 if any job failed."""
-    return run_study(STUDY, argv)
+    return run_study(STUDY, argv, write_report=write_report)
 
 
 if __name__ == "__main__":
