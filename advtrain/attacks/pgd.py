@@ -36,9 +36,9 @@ from advtrain.attacks.threat import (
     normalize_norm,
     per_sample_shape,
 )
-from advtrain.config.values import check_step_size
 from advtrain.errors import ConfigError
 from advtrain.utils.images import check_unit_range
+from advtrain.values import check_step_size
 
 if TYPE_CHECKING:
     from advtrain.attacks.schedule import AttackBudget
@@ -73,7 +73,7 @@ def check_budget(
     """Validated ``(step_size, steps, restarts)`` for ``threat``; :class:`ConfigError` otherwise.
 
     The step-length rule (at most ``eps``, or ``2 * eps`` after a uniform start) lives with the other
-    value checks in :func:`advtrain.config.values.check_step_size`.
+    value checks in :func:`advtrain.values.check_step_size`.
     """
     uniform = start_mode(random_start) == "uniform"
     step = check_step_size(step_size, threat.eps, uniform_start=uniform)

@@ -18,10 +18,10 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from advtrain.config.values import check_eps as _check_eps
-from advtrain.config.values import count as as_count
-from advtrain.config.values import number as as_number
 from advtrain.errors import ConfigError
+from advtrain.values import check_eps as _check_eps
+from advtrain.values import count as as_count
+from advtrain.values import number as as_number
 
 __all__ = [
     "NORMS",

@@ -1,15 +1,13 @@
 """Configs as typed schemas: what each config group may hold, and the one place each value is checked.
 
-* :mod:`advtrain.config.values`: the value checks (eps, step sizes, fractions, counts, probabilities), a leaf
-  module that the attacks and the evaluation use too.
 * :mod:`advtrain.config.schema`: one dataclass per config group (registered in Hydra's ConfigStore), and the
   per-option schemas of `model` and `loss`, derived from the constructor the option names.
 * :mod:`advtrain.config.validate`: a resolved config (a plain dict) -> checked, normalised dict or typed object,
   plus the rules that span groups (DDP batch divisibility, auxiliary data, class counts).
 
-The names below are loaded on first use: the attacks import :mod:`advtrain.config.values` at import time, and
-pulling OmegaConf (or the model registry the model schemas read) in with it would make a leaf depend on the
-whole stack.
+Each value rule itself (eps, step sizes, fractions, counts, probabilities) lives in :mod:`advtrain.values`,
+below this package, because the attacks, loaders and models apply the same rules to their own arguments.
+The names below are loaded on first use, so importing the package does not pull in OmegaConf or the registries.
 """
 
 from __future__ import annotations

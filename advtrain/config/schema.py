@@ -14,7 +14,7 @@ an option's valid keys have one home:
 
 Every check raises :class:`~advtrain.errors.ConfigError` with one line that names the key and the fix, and
 returns the value normalised (``"8/255"`` -> 0.0313..., YAML integers as Python ints, ...). Each rule lives
-in :mod:`advtrain.config.values`; this module only says which rule applies to which key.
+in :mod:`advtrain.values`; this module only says which rule applies to which key.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from typing import Any
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from advtrain.config import values as V
+from advtrain import values as V
 from advtrain.errors import ConfigError
 
 __all__ = [
@@ -260,7 +260,7 @@ class AttackConfig:
     """The ``attack`` group: the training attack and its per-epoch budget schedule.
 
     ``eps`` and ``step_size`` may be written ``${frac:8/255}`` or plainly ``8/255``; the eps must fit its
-    norm (:func:`advtrain.config.values.check_eps` with the typical ranges). The step-size rule and the start
+    norm (:func:`advtrain.values.check_eps` with the typical ranges). The step-size rule and the start
     modes are checked by the attack itself (advtrain/attacks/pgd.py), which library callers reach without a
     config.
     """

@@ -12,7 +12,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from advtrain.config import values as V
+from advtrain import values as V
 from advtrain.config.schema import (
     BenchConfig,
     EvalConfig,

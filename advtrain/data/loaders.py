@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from advtrain.config.values import int_at_least, probability
 from advtrain.data.autoaugment import autoaugment_cifar10
 from advtrain.data.autoaugment import cutout as apply_cutout
 from advtrain.data.datasets import DatasetInfo, get_info, load_arrays
@@ -33,6 +32,7 @@ from advtrain.data.transforms import (
 )
 from advtrain.errors import CheckpointError, ConfigError, DataError
 from advtrain.utils.images import likely_cause
+from advtrain.values import int_at_least, probability
 
 __all__ = [
     "AUGMENT_ON",

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-from advtrain.config.values import positive
 from advtrain.errors import ConfigError
+from advtrain.values import positive
 
 SCHEDULES = ("constant", "multistep", "cosine", "cosine_official")
 

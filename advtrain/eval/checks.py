@@ -24,10 +24,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from advtrain.config.values import L2_PIXEL_THRESHOLD, number
-from advtrain.config.values import check_eps as _check_eps
 from advtrain.errors import AdvtrainError, ConfigError, DataError
 from advtrain.utils.images import check_unit_range
+from advtrain.values import L2_PIXEL_THRESHOLD, number
+from advtrain.values import check_eps as _check_eps
 
 __all__ = [
     "L2_PIXEL_THRESHOLD",
@@ -91,7 +91,7 @@ def eps_to_str(eps: float) -> str:
 
 def check_eps(norm: str, eps: float, input_shape: Sequence[int] | None = None) -> float:
     """Raise ConfigError for an eps that cannot be meant for images in [0, 1] (see
-    :func:`advtrain.config.values.check_eps`, the one place budgets are checked); returns eps."""
+    :func:`advtrain.values.check_eps`, the one place budgets are checked); returns eps."""
     return _check_eps(norm, eps, input_shape)
 
 

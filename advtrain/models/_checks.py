@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from advtrain.config.values import int_at_least
 from advtrain.errors import ConfigError
+from advtrain.values import int_at_least
 
 
 def positive_int(value: object, what: str) -> int:

@@ -24,9 +24,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from advtrain.config.values import positive
 from advtrain.errors import ConfigError
 from advtrain.utils.hashing import tensors_sha256
+from advtrain.values import positive
 
 log = logging.getLogger(__name__)
 
