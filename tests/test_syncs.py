@@ -179,3 +179,55 @@ def test_cuda_step_passes_sync_debug_mode_error(loss: str) -> None:
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert trainer.settle().taken == 3
+
+
+@pytest.mark.slow
+def test_step_lines_after_a_skipped_batch(
+    tmp_path: Any, data_dir: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`trainer.log_every_steps=1` with a batch skipped on the device: one line per applied update,
+    numbered 1, 2, 3, ... without a gap or a repeat (the step count is corrected at each settle)."""
+    from helpers import compose_plain
+
+    import advtrain
+    import advtrain.engine.api as api
+    from advtrain.utils.logging import read_metrics
+
+    build, count = api.build_loss, [0]
+
+    def build_loss(cfg: dict[str, Any]) -> Any:
+        loss = build(cfg)
+        inner = loss.forward
+
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            out = inner(*args, **kwargs)
+            count[0] += 1
+            if count[0] == 2:
+                out.loss = out.loss * float("nan")
+            return out
+
+        loss.forward = forward
+        return loss
+
+    monkeypatch.setattr(api, "build_loss", build_loss)
+    cfg = compose_plain(
+        [
+            "+exp=smoke",
+            f"data.root={data_dir}",
+            "data.train_subset=128",
+            "data.batch_size=32",
+            "trainer.val_examples=32",
+            "trainer.val_pgd_steps=2",
+            "trainer.test_examples=0",
+            "trainer.nonfinite=skip",
+            "trainer.log_every_steps=1",
+        ],
+        run_dir=tmp_path,
+    )
+    result = advtrain.train(cfg)
+    records = read_metrics(tmp_path)
+    lines = [r["step"] for r in records if "loss" in r and "train_loss" not in r]
+    epochs = [r for r in records if "skipped_batches" in r]
+    assert epochs[0]["skipped_batches"] == 1
+    assert lines == list(range(1, result.step + 1)), lines
+    assert all(np.isfinite(r["loss"]) for r in records if "loss" in r)
