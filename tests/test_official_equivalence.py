@@ -102,6 +102,12 @@ def train(model, train_loader, optimizer, epoch, awp_adversary, start_wa, tau_li
         optimizer.step()
         if epoch >= args.awp_warmup:
             awp_adversary.restore(awp)
+        for start_ep, tau, avg in zip(start_wa, tau_list, exp_avgs):  # an EMA that copies, no aliasing
+            for key, value in model.state_dict().items():
+                if epoch <= start_ep or not value.is_floating_point():
+                    avg[key] = value.detach().clone()
+                else:
+                    avg[key] = avg[key].lerp(value, 1 - tau)
         bar.next()
     bar.finish()
     return losses.avg, top1.avg, WEIGHT / WEIGHT.sum(dim=1, keepdim=True)
@@ -119,10 +125,11 @@ def main():
     optimizer = optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
     proxy = nn.DataParallel(getattr(models, args.arch)(num_classes=NUM_CLASSES)).to(device)
     awp = TradesAWP(model, proxy, optim.SGD(proxy.parameters(), lr=args.lr), args.awp_gamma)
+    start_wa, tau_list, exp_avgs = [(150 * args.epochs) // 200], [0.9996], [{}]
     weight = None
     for epoch in range(1, args.epochs + 1):
         adjust_learning_rate_cosine(optimizer, epoch)
-        _, _, weight = train(model, train_loader, optimizer, epoch, awp, [], [], [], weight=weight)
+        _, _, weight = train(model, train_loader, optimizer, epoch, awp, start_wa, tau_list, exp_avgs, weight=weight)
         torch.save(model.state_dict(), os.path.join(model_dir, "ours-model-epoch{}.pt".format(epoch)))
 
 
@@ -262,7 +269,7 @@ def _run(harness: ModuleType, fake_dir: Path, out: Path, *extra: str) -> dict[st
 def test_harness_reports_no_difference_against_an_identical_loop(
     harness: ModuleType, fake_dir: Path, tmp_path: Path
 ) -> None:
-    report = _run(harness, fake_dir, tmp_path / "out", *FLOAT64)
+    report = _run(harness, fake_dir, tmp_path / "out", *FLOAT64, "--compare-ema")
     (run,) = report["runs"]
     cmp = run["comparison"]
     assert len(cmp["steps"]) == 4 and len(cmp["epochs"]) == 2
@@ -278,6 +285,9 @@ def test_harness_reports_no_difference_against_an_identical_loop(
     ):
         assert m[key] < 1e-12, (key, m[key])
     assert m["adv_acc_mismatches"] == 0 and m["nonfinite_loss_steps"] == 0
+    # --compare-ema: the stand-in's in-loop EMA (start_wa = 1 of 2 epochs) against our trainer.ema_decay.
+    assert m["ema_rel_diff"] is not None and m["ema_rel_diff"] < 1e-12
+    assert sum("ema_rel_diff" in r for r in cmp["steps"]) == 4
     assert cmp["within_target"] and cmp["first_step_above_target"] is None
     # The class matrix collected in epoch 1 is far from uniform, so epoch 2 really uses class weights.
     assert cmp["epochs"][0]["class_weights_new_from_uniform"] > 1e-3
