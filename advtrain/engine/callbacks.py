@@ -17,6 +17,7 @@ from torch import nn
 
 from advtrain.engine.hooks import Batch, Callback, LoopState
 from advtrain.errors import ConfigError
+from advtrain.losses.base import as_float
 from advtrain.utils.distributed import average_gradients
 
 __all__ = ["AWP", "AttackSchedule", "Callback", "EpochWeightAverage", "ModelEMA"]
@@ -86,8 +87,10 @@ class _Averaged(Callback):
 class ModelEMA(_Averaged):
     """Iteration-level EMA of all weights and BN buffers (decay per optimiser step) from `start_epoch` on.
 
-    Before `start_epoch` the EMA simply tracks the current weights, so it starts from them (the official GKL code
-    starts its in-loop EMA at epoch 150 of 200 the same way).
+    Before `start_epoch` the EMA simply tracks the current weights, so it starts from them. The official GKL
+    code's in-loop EMA (never saved, epoch 150 of 200) differs in one detail we do not copy: in its start epoch
+    it stores the model's own tensors, not copies, so its first blend of the next epoch equals the current
+    weights rather than 0.9996 * previous + 0.0004 * current (measured in results/official_equivalence/ema).
     """
 
     name = "ema"
@@ -170,13 +173,13 @@ class AWP(Callback):
         with loop.autocast():
             logits_nat = self.proxy(batch.x) if loop.loss.needs_natural else None
         out = loop.loss(
-            logits_adv.float(),
-            None if logits_nat is None else logits_nat.float(),
+            as_float(logits_adv),
+            None if logits_nat is None else as_float(logits_nat),
             batch.y,
             update_state=False,
         )
         self.proxy_opt.zero_grad(set_to_none=True)
-        (-out.loss.float()).backward()
+        (-as_float(out.loss)).backward()
         # DDP: every rank applies the perturbation of the global batch, as a single process would.
         average_gradients(self.proxy.parameters())
         self.proxy_opt.step()

@@ -25,7 +25,7 @@ from advtrain.engine.hooks import Batch, Callback
 from advtrain.engine.optim import LRSchedule, set_lr
 from advtrain.errors import ConfigError, DataError, NonFiniteLossError
 from advtrain.eval.evaluate import clean_correct, pgd_correct
-from advtrain.losses.base import RobustLoss
+from advtrain.losses.base import RobustLoss, as_float
 from advtrain.utils import distributed as dist_utils
 from advtrain.utils.checkpoint import save_checkpoint, strip_prefixes
 from advtrain.utils.distributed import DistEnv
@@ -258,9 +258,11 @@ class Trainer:
             logits_adv = self.model(batch.x_adv)
         with self.autocast():
             logits_nat = self.model(x) if self.loss.needs_natural else None
-        logits_adv = logits_adv.float()
+        # Upcast 16-bit logits only: a float64 run (the step-by-step comparison with the official script)
+        # keeps float64, where .float() would round its loss to float32.
+        logits_adv = as_float(logits_adv)
         if logits_nat is not None:
-            logits_nat = logits_nat.float()
+            logits_nat = as_float(logits_nat)
         # The loss's running state (GKL's class weights) is fed below, only where the step is applied.
         out = self.loss(logits_adv, logits_nat, y, update_state=False)
         loss = out.loss
