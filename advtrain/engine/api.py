@@ -316,8 +316,10 @@ def _note_stop(stop: signals.Interrupted, trainer: Trainer, run_dir: Path, env: 
         )
     else:
         stop.where = (
-            f"at epoch {trainer.epoch} after step {trainer.step}, outside the batch loop "
-            "(validation, checkpoint or test)"
+            f"after the last epoch ({trainer.epochs}, step {trainer.step}), in the final test pass"
+            if trainer.epoch > trainer.epochs
+            else f"in epoch {trainer.epoch} after step {trainer.step}, at the epoch's end "
+            "(validation or checkpoint)"
         )
         if newest_step >= 0:
             stop.where += f"; the newest checkpoint holds step {newest_step}"
