@@ -406,6 +406,28 @@ def test_a_run_stopped_before_final_json_is_completed_not_refused(
     assert json.loads((run_dir / "final.json").read_text())["epoch"] == 1
 
 
+@pytest.mark.parametrize("garbage", ["text", "zeros"])
+def test_resume_auto_skips_a_garbage_newest_checkpoint(
+    finished: dict, world: dict, garbage: str
+) -> None:
+    run_dir = world["root"] / f"garbage_{garbage}"
+    shutil.copytree(finished["run_dir"], run_dir)
+    bad = run_dir / "checkpoints" / "step_000000009.pt"
+    if garbage == "text":
+        bad.write_text("hello\n")
+    else:
+        bad.write_bytes(bytes(8192))
+    r = advtrain(
+        "train", *TINY, "trainer.epochs=2", f"run_dir={run_dir}", "resume=auto",
+        env=world["env"], cwd=world["root"],
+    )  # fmt: skip
+    out = r.stdout + r.stderr
+    assert r.returncode == 0 and "Traceback" not in out, out[-3000:]
+    assert f"skipping {bad}" in out
+    assert f"resumed from {run_dir / 'checkpoints' / 'step_000000002.pt'} at epoch 2 step 2" in out
+    assert (run_dir / "checkpoints" / "step_000000009.pt.abandoned").is_file()  # set aside
+
+
 # --------------------------------------------------------------------------------------------
 # signals
 # --------------------------------------------------------------------------------------------
