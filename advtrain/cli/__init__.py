@@ -137,7 +137,9 @@ def _guard(
             except AdvtrainError as e:
                 _user_error(str(e))
         except signals.Interrupted as stop:
-            stop.run_dir = _hydra_output_dir()  # type: ignore[attr-defined]
+            run_dir = _hydra_output_dir()
+            # stopped before anything was written: no empty run directory stays behind
+            stop.run_dir = None if _remove_if_empty(run_dir) else run_dir  # type: ignore[attr-defined]
             raise
         except Exception as e:
             raised.append(e)

@@ -54,7 +54,8 @@ class MetricsLogger:
                     config=config,
                     reinit=True,
                 )
-            except wandb.errors.Error as e:  # no API key, no network, a bad entity: the user's setup
+            except wandb.errors.Error as e:
+                # no API key, no network, a bad entity: the user's setup, not a bug
                 first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 raise ConfigError(
                     f"logger=wandb could not start a run ({first}); log in with `wandb login` (or "
