@@ -285,11 +285,8 @@ def _run_dir_message(err: OSError) -> str:
 def resume_command(command: str, overrides: list[str], run_dir: Path | None) -> str:
     """The command line that continues an interrupted run: the same arguments, its run directory
     (a timestamped default would otherwise be a new one) and `resume=auto`."""
-    keep = [
-        a
-        for a in overrides
-        if a.split("=", 1)[0].lstrip("+") not in ("run_dir", "hydra.run.dir", "resume")
-    ]
+    replaced = ("run_dir", "hydra.run.dir", "resume") if run_dir is not None else ("resume",)
+    keep = [a for a in overrides if a.split("=", 1)[0].lstrip("+") not in replaced]
     if run_dir is not None:
         keep.append(f"run_dir={run_dir}")
     if command == "train":
