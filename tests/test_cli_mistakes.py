@@ -311,6 +311,21 @@ def test_resume_auto_on_a_finished_run_touches_nothing(finished: dict, world: di
     assert _snapshot(run_dir) == before  # final.json, config.json, metrics.jsonl, checkpoints
 
 
+def test_a_fresh_start_into_a_finished_run_is_refused_and_touches_nothing(
+    finished: dict, world: dict
+) -> None:
+    run_dir = finished["run_dir"]
+    before = _snapshot(run_dir)
+    r = advtrain("train", *TINY, f"run_dir={run_dir}", env=world["env"], cwd=world["root"])
+    assert r.returncode == 1
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert f"run directory {run_dir} already holds a finished run (final.json, last.pt" in lines[0]
+    assert "resume=auto" in lines[0] and "run_dir=PATH" in lines[0]
+    after = _snapshot(run_dir)
+    assert after == before  # nothing of the earlier run replaced, and the directory not removed
+
+
 def test_eval_without_data_has_no_dataset_note_and_exact_fractions(
     finished: dict, world: dict
 ) -> None:
@@ -645,6 +660,9 @@ README_ELSEWHERE = {
     "weights that do not fit the model": "tests/test_validation.py",
     "`resume=auto` in a new timestamped directory (not an error; not tested)": "not tested",
     "Ctrl-C or SIGTERM (preemption) during training (not a mistake: exit code 130 / 143)": "the signal tests above",
+    "a new run (no `resume`) into a run directory that already holds one": (
+        "tests/test_cli_mistakes.py (a finished run: the fixture's)"
+    ),
     "learning rate too high (NaN)": "tests/test_kill_resume.py",
     "too many non-finite batches with `nonfinite=skip`": "tests/test_kill_resume.py",
     "a frozen model handed to the `Trainer`": "tests/test_validation.py (a library call)",

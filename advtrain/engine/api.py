@@ -154,11 +154,28 @@ def _check_writable(run_dir: Path) -> None:
         ) from None
 
 
+def _check_no_earlier_run(run_dir: Path) -> None:
+    """A fresh start never writes over another run's record: its checkpoints, final.json and
+    metrics would be replaced while its config.json still described it."""
+    held = [name for name in ("final.json", "last.pt") if (run_dir / name).is_file()] + (
+        ["checkpoints/"] if any((run_dir / "checkpoints").glob("step_*.pt")) else []
+    )
+    if held:
+        state = "a finished run" if "final.json" in held else "an unfinished run"
+        raise ConfigError(
+            f"run directory {run_dir} already holds {state} ({', '.join(held)}); a new run would "
+            f"overwrite it: add resume=auto to continue it (a larger trainer.epochs trains on), or "
+            "choose another run_dir=PATH"
+        )
+
+
 def _train(cfg: dict[str, Any], env: DistEnv, device: torch.device) -> TrainResult:
     # Rank 0's run directory is authoritative (the Hydra callback already agrees on it; library callers may not).
     run_dir = Path(dist_utils.broadcast_object(str(cfg["run_dir"]) if env.is_main else None))
     cfg = {**cfg, "run_dir": str(run_dir)}
     on_rank0(env, lambda: _check_writable(run_dir))
+    if not cfg.get("resume"):
+        on_rank0(env, lambda: _check_no_earlier_run(run_dir))
     t, d = cfg["trainer"], cfg["data"]
     seed_everything(int(cfg["seed"]), deterministic=bool(t.get("deterministic", False)))
     fast = resolve_fast_paths(t, device)
