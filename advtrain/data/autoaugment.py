@@ -25,7 +25,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torchvision.transforms.v2.functional as TF
 
 __all__ = [
     "CIFAR10_POLICY",
@@ -173,6 +172,10 @@ def apply_op(x: torch.Tensor, op: str, magnitude: float, *, fill: float = 128) -
     Posterize keeps ``int(magnitude)`` bits, Solarize inverts pixels ``>= 255 * magnitude``.
     Geometric ops use nearest interpolation and paint uncovered pixels with ``fill``.
     """
+    # Imported here, not at module level: `import torchvision` pulls in torch._dynamo (about 2.5 s), which every
+    # command would pay at start-up although only the AutoAugment recipes use these ops.
+    import torchvision.transforms.v2.functional as TF  # noqa: N812
+
     _check_uint8_batch(x, "apply_op")
     fill_ = _check_fill(fill)
     if op == "ShearX" or op == "ShearY":
