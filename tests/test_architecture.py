@@ -82,7 +82,9 @@ def _target(name: str) -> str | None:
         return None
     if len(parts) == 1:
         return "__init__"
-    return parts[1] if parts[1] in LAYERS else "__init__"  # `from advtrain import X` of a public name
+    return (
+        parts[1] if parts[1] in LAYERS else "__init__"
+    )  # `from advtrain import X` of a public name
 
 
 def _violations() -> list[str]:
@@ -102,7 +104,9 @@ def _violations() -> list[str]:
                 # The public top-level module is imported lazily for its version string only.
                 if dst == "__init__" and name == "advtrain":
                     continue
-                bad.append(f"{path.relative_to(ROOT.parent)}:{line}: {src} (layer {LAYERS[src]}) imports {name}")
+                bad.append(
+                    f"{path.relative_to(ROOT.parent)}:{line}: {src} (layer {LAYERS[src]}) imports {name}"
+                )
     return bad
 
 
@@ -118,7 +122,9 @@ def test_the_scan_sees_imports_at_all() -> None:
     assert any(n.startswith("advtrain.engine") for n in cli)
 
 
-@pytest.mark.parametrize("package", ["eval", "export", "report", "models", "data", "attacks", "losses"])
+@pytest.mark.parametrize(
+    "package", ["eval", "export", "report", "models", "data", "attacks", "losses"]
+)
 def test_no_library_package_imports_the_cli_or_the_engine(package: str) -> None:
     names = [n for p in (ROOT / package).rglob("*.py") for _, n in _imports(p)]
     assert not [n for n in names if n.startswith(("advtrain.cli", "advtrain.engine"))]
