@@ -1,7 +1,11 @@
-"""Compose configs the way the CLI does, without starting a Hydra app (fast, in-process)."""
+"""Test helpers: compose configs the way the CLI does (in-process), and run the real CLI (a subprocess)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +16,21 @@ from advtrain.config import register_resolvers
 from advtrain.resources import config_dir
 
 CONFIG_DIR = config_dir()
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(
+    *args: str, env: Mapping[str, str] | None = None, cwd: Path = REPO, timeout: int = 300
+) -> subprocess.CompletedProcess[str]:
+    """`python -m advtrain ARGS` as a user types it, with `env` added to this process's environment."""
+    return subprocess.run(
+        [sys.executable, "-m", "advtrain", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def compose_plain(

@@ -2,25 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import run_cli as advtrain
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def advtrain(*args: str, env: dict | None = None, cwd: Path = REPO, timeout: int = 300):
-    return subprocess.run(
-        [sys.executable, "-m", "advtrain", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, **(env or {})},
-    )
 
 
 def test_help_lists_commands() -> None:

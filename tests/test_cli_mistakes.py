@@ -27,6 +27,7 @@ from typing import Any
 
 import pytest
 import torch
+from helpers import run_cli as advtrain
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
@@ -44,19 +45,6 @@ TINY = [
     "trainer.test_pgd_steps=1",
     "attack.steps=1",
 ]
-
-
-def advtrain(
-    *args: str, env: dict[str, str], cwd: Path, timeout: int = 240
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "advtrain", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, **env},
-    )
 
 
 def one_error(r: subprocess.CompletedProcess[str]) -> str:

@@ -22,6 +22,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from helpers import run_cli
 
 from advtrain.errors import AdvtrainError
 from advtrain.report import ReportError, load_runs, markdown_to_html, write_report
@@ -35,14 +36,8 @@ N_PGD = 24  # test images of the PGD-20 evaluation (not N_AA: the columns must s
 
 
 def _cli(*args: str, runs_dir: Path, timeout: int = 600) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "ADVTRAIN_RUNS_DIR": str(runs_dir), "OMP_NUM_THREADS": "2"}
-    return subprocess.run(
-        [sys.executable, "-m", "advtrain", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
+    return run_cli(
+        *args, env={"ADVTRAIN_RUNS_DIR": str(runs_dir), "OMP_NUM_THREADS": "2"}, timeout=timeout
     )
 
 
