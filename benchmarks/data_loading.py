@@ -26,7 +26,7 @@ from benchmarks.common import (
     paired_ratio,
     summarize,
 )
-from benchmarks.harness import bench_data, build_trainer, train_config
+from benchmarks.harness import bench_data, build_trainer, cycle, official_dataloader, train_config
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +64,6 @@ TINY: dict[str, Any] = {
 }
 
 
-def _cycle(loader: Any) -> Iterator[Any]:
-    while True:
-        yield from loader
-
-
 def _step(trainer: Any, x: torch.Tensor, y: torch.Tensor) -> Callable[[], Any]:
     it = iter(range(10**9))
     return lambda: trainer.train_step(x, y, next(it))
@@ -103,33 +98,20 @@ def run(settings: dict[str, Any], ctx: BenchContext) -> BenchResult:
         torch.manual_seed(ctx.seed)
         trainer = build_trainer(cfg, ctx.device)
         loader = TrainLoader(images, labels, batch_size=bs, seed=ctx.seed)
-        batches = _cycle(loader)
+        batches = cycle(loader)
         x0, y0 = trainer._to_device(*loader.batch(0, 0))
         loaders: dict[str, Any] = {"ours": batches}
         if s["two_view"]:
             # Two views double the rows; half the batch keeps the step's row count comparable.
-            loaders["ours_two_view_autoaugment"] = _cycle(
+            loaders["ours_two_view_autoaugment"] = cycle(
                 TrainLoader(
                     images, labels, batch_size=max(bs // 2, 1), seed=ctx.seed, two_view=True
                 )
             )
         if s["pil_reference"]:
-            from benchmarks import reference
-
-            oracle = reference("official_loop")
-            ds = oracle.PILCifarDataset(
-                images.permute(0, 2, 3, 1).contiguous().numpy(),
-                labels.numpy(),
-                oracle.official_train_transform(),
+            loaders["per_sample_pil_dataloader"] = cycle(
+                official_dataloader(images, labels, batch_size=bs, seed=ctx.seed)
             )
-            dl = torch.utils.data.DataLoader(
-                ds,
-                batch_size=bs,
-                shuffle=True,
-                num_workers=0,
-                generator=torch.Generator().manual_seed(ctx.seed),
-            )
-            loaders["per_sample_pil_dataloader"] = _cycle(dl)
 
         sides = {"step": _step(trainer, x0, y0)}
         sides.update({name: _load(trainer, src, k) for name, src in loaders.items()})

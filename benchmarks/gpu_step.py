@@ -27,7 +27,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -36,7 +36,13 @@ from torch.profiler import ProfilerActivity, profile, record_function
 from advtrain.data import TrainLoader
 from benchmarks import reference
 from benchmarks.common import BenchContext, BenchResult, Target, check_settings, synchronize
-from benchmarks.harness import bench_data, build_trainer, train_config
+from benchmarks.harness import (
+    bench_data,
+    build_trainer,
+    cycle,
+    official_dataloader,
+    train_config,
+)
 
 log = logging.getLogger(__name__)
 
@@ -74,11 +80,6 @@ _SYNC_CUDA = (
     "cudaMemcpy",
 )
 _SYNC_CPU = ("aten::_local_scalar_dense",)
-
-
-def _cycle(make: Callable[[], Iterator[Any]]) -> Iterator[Any]:
-    while True:
-        yield from make()
 
 
 def _precision(name: str) -> dict[str, Any]:
@@ -128,7 +129,7 @@ def _profiled(one: Callable[[], None], steps: int, device: torch.device) -> dict
 def _time_ours(
     trainer: Any, loader: TrainLoader, s: dict[str, Any], device: torch.device, read_every: bool
 ) -> dict[str, Any]:
-    batches = _cycle(lambda: iter(loader))
+    batches = cycle(loader)
     counter = iter(range(10**9))
 
     def one() -> None:
@@ -183,23 +184,16 @@ def _time_official(
         loss_cfg=cfg["loss"],
         seed=seed,
     )
-    dataset = oracle.PILCifarDataset(
-        images.permute(0, 2, 3, 1).contiguous().numpy(),
-        labels.numpy(),
-        oracle.official_train_transform(),
-    )
-    workers = int(s["official_workers"])
-    dl = torch.utils.data.DataLoader(
-        dataset,
+    dl = official_dataloader(
+        images,
+        labels,
         batch_size=bs,
-        shuffle=True,
-        num_workers=workers,
-        generator=torch.Generator().manual_seed(seed),
-        persistent_workers=workers > 0,
+        seed=seed,
+        workers=int(s["official_workers"]),
         pin_memory=device.type == "cuda",
         drop_last=True,
     )
-    batches = _cycle(lambda: iter(dl))
+    batches = cycle(dl)
 
     def one() -> None:
         xb, yb = next(batches)

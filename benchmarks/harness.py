@@ -17,6 +17,7 @@ import contextlib
 import copy
 import logging
 import tempfile
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -137,6 +138,44 @@ def build_trainer(
     )
     trainer.begin_epoch()
     return trainer
+
+
+def cycle(batches: Iterable[Any]) -> Iterator[Any]:
+    """Endless batches: iterate `batches` (a loader) again and again."""
+    while True:
+        yield from batches
+
+
+def official_dataloader(
+    images: Tensor,
+    labels: Tensor,
+    *,
+    batch_size: int,
+    seed: int,
+    workers: int = 0,
+    pin_memory: bool = False,
+    drop_last: bool = False,
+) -> torch.utils.data.DataLoader:
+    """The official scripts' input pipeline (per-sample PIL crop/flip in a torch DataLoader), on `images`
+    (uint8 N, C, H, W): the reference our batched loader is compared with."""
+    from benchmarks import reference
+
+    oracle = reference("official_loop")
+    dataset = oracle.PILCifarDataset(
+        images.permute(0, 2, 3, 1).contiguous().numpy(),
+        labels.numpy(),
+        oracle.official_train_transform(),
+    )
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=True,
+        num_workers=workers,
+        generator=torch.Generator().manual_seed(seed),
+        persistent_workers=workers > 0,
+        pin_memory=pin_memory,
+        drop_last=drop_last,
+    )
 
 
 def bench_data(

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -31,7 +30,13 @@ from benchmarks.common import (
     compare,
     interleave,
 )
-from benchmarks.harness import bench_data, build_trainer, train_config
+from benchmarks.harness import (
+    bench_data,
+    build_trainer,
+    cycle,
+    official_dataloader,
+    train_config,
+)
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +70,6 @@ TINY: dict[str, Any] = {
     "check_batch": 8,
     "num_workers": 0,
 }
-
-
-def _cycle(make: Any) -> Iterator[Any]:
-    while True:
-        yield from make()
 
 
 def run(settings: dict[str, Any], ctx: BenchContext) -> BenchResult:
@@ -121,23 +121,10 @@ def run(settings: dict[str, Any], ctx: BenchContext) -> BenchResult:
     )
     log.info("official_loop check: %s", check)
 
-    dataset = oracle.PILCifarDataset(
-        images.permute(0, 2, 3, 1).contiguous().numpy(),
-        labels.numpy(),
-        oracle.official_train_transform(),
-    )
-    dl_gen = torch.Generator().manual_seed(ctx.seed)
     workers = int(s["num_workers"])
-    dl = torch.utils.data.DataLoader(
-        dataset,
-        batch_size=bs,
-        shuffle=True,
-        num_workers=workers,
-        generator=dl_gen,
-        persistent_workers=workers > 0,
-    )
-    official_batches = _cycle(lambda: iter(dl))
-    our_batches = _cycle(lambda: iter(loader))
+    dl = official_dataloader(images, labels, batch_size=bs, seed=ctx.seed, workers=workers)
+    official_batches = cycle(dl)
+    our_batches = cycle(loader)
     counter = iter(range(10**9))
     k = int(s["steps_per_call"])
 
