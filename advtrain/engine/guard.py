@@ -84,7 +84,7 @@ class StepGuard:
 
     # ------------------------------------------------------------------ interval
     def _reset_interval(self) -> None:
-        z = {"dtype": self.dtype, "device": self.device}
+        z = self._z()
         self.steps = 0  # host count of steps since the last read (no device value behind it)
         self._sums: Tensor | None = None
         count = {"dtype": torch.int64, "device": self.device}
@@ -125,19 +125,18 @@ class StepGuard:
         applied = finite & ~halted
         newly_bad = ~finite & ~halted
         slot = self._skipped
-        if self.slots:
-            values = torch.stack(
-                [
-                    loss.detach().to(self.dtype),
-                    *(terms[k].detach().to(self.dtype) for k in self._term_keys),
-                    torch.full((), lr, dtype=self.dtype, device=self.device),
-                    self._taken.to(self.dtype),
-                ]
-            )
-            if self._records is None or self._records.shape[0] != self.slots:
-                self._records = torch.zeros(self.slots, values.numel(), **self._z())
-            here = (torch.arange(self.slots, device=self.device) == slot) & newly_bad
-            self._records = torch.where(here[:, None], values[None, :], self._records)
+        values = torch.stack(
+            [
+                loss.detach().to(self.dtype),
+                *(terms[k].detach().to(self.dtype) for k in self._term_keys),
+                torch.full((), lr, dtype=self.dtype, device=self.device),
+                self._taken.to(self.dtype),
+            ]
+        )
+        if self._records is None or self._records.shape[0] != self.slots:
+            self._records = torch.zeros(self.slots, values.numel(), **self._z())
+        here = (torch.arange(self.slots, device=self.device) == slot) & newly_bad
+        self._records = torch.where(here[:, None], values[None, :], self._records)
         self._skipped = slot + newly_bad.to(torch.int64)
         self.skipped_epoch += newly_bad.to(torch.int64)
         if self.mode == "stop":
